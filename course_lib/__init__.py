@@ -1,0 +1,1 @@
+"""course_lib: the pieces the chapters of the attention course build."""

@@ -1,0 +1,109 @@
+"""The small vocabulary every check is written in."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from contextlib import contextmanager
+
+import torch
+
+
+class CheckFailed(AssertionError):
+    """A check failed. The message says what was expected and the likely bug."""
+
+
+def expect(condition: bool, message: str) -> None:
+    if not condition:
+        raise CheckFailed(message)
+
+
+def as_tensor(value, what: str) -> torch.Tensor:
+    expect(isinstance(value, torch.Tensor), f"{what} should be a torch.Tensor, got {type(value)}")
+    return value
+
+
+def expect_shape(value, shape: tuple[int, ...], what: str) -> torch.Tensor:
+    t = as_tensor(value, what)
+    expect(tuple(t.shape) == tuple(shape), f"{what} has shape {tuple(t.shape)}, expected {shape}")
+    return t
+
+
+def matches(actual: torch.Tensor, expected: torch.Tensor, atol: float = 1e-5) -> bool:
+    if actual.shape != expected.shape:
+        return False
+    return bool(torch.allclose(actual.double(), expected.double(), atol=atol, rtol=1e-4))
+
+
+def expect_close(
+    actual,
+    expected: torch.Tensor,
+    what: str,
+    likely_bugs: Mapping[str, torch.Tensor] | None = None,
+    atol: float = 1e-5,
+) -> None:
+    """``actual`` equals ``expected``; otherwise name the first known bug it matches.
+
+    ``likely_bugs`` maps a diagnosis ("softmax over the query axis") to the output that bug
+    produces on the same inputs, so a wrong answer is explained, not just rejected.
+    """
+    actual = expect_shape(actual, tuple(expected.shape), what)
+    expect(bool(torch.isfinite(actual).all()) or not bool(torch.isfinite(expected).all()),
+           f"{what} contains NaN or inf where the correct result is finite")  # fmt: skip
+    if matches(actual, expected, atol):
+        return
+    for diagnosis, wrong in (likely_bugs or {}).items():
+        if matches(actual, wrong, atol):
+            raise CheckFailed(f"{what} is wrong: it looks like {diagnosis}.")
+    diff = (actual.double() - expected.double()).abs().max().item()
+    raise CheckFailed(f"{what} differs from the correct result (largest difference {diff:.3g}).")
+
+
+def expect_unchanged(before: Mapping[str, torch.Tensor], after: Mapping[str, torch.Tensor]):
+    """The function did not modify its inputs in place."""
+    for name, tensor in before.items():
+        expect(torch.equal(tensor, after[name]),
+               f"{name} was modified in place: compute into new tensors instead "
+               "(e.g. masked_fill, not masked_fill_)")  # fmt: skip
+
+
+def passed(title: str, names: list[str]) -> None:
+    """Print the checks that passed, so a student sees what was verified."""
+    for name in names:
+        print(f"✓ {title}: {name}")
+    print(f"All {len(names)} checks passed for {title}.")
+
+
+def run(title: str, probes: Mapping[str, Callable[[], None]]) -> None:
+    """Run named probes in order; stop at the first failure, prefixed with its name."""
+    for name, probe in probes.items():
+        try:
+            probe()
+        except CheckFailed as failure:
+            raise CheckFailed(f"{title} — {name}: {failure}") from None
+        except Exception as error:  # the student's code crashed: say where, not a bare traceback
+            raise CheckFailed(
+                f"{title} — {name}: your code raised {type(error).__name__}: {error}"
+            ) from None
+    passed(title, list(probes))
+
+
+def generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@contextmanager
+def graded_alone(fn: Callable, **references: Callable):
+    """While ``fn`` runs, the helpers it calls by these global names are the references.
+
+    Each exercise is graded on its own: a bug in an earlier exercise (say ``softmax``) must not
+    cost the points of a later one that calls it.
+    """
+    namespace = getattr(fn, "__globals__", {})
+    saved = {name: namespace[name] for name in references if name in namespace}
+    namespace.update(references)
+    try:
+        yield
+    finally:
+        for name in references:
+            namespace.pop(name, None)
+        namespace.update(saved)
