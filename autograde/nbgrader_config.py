@@ -16,6 +16,4 @@ c.Execute.timeout = 300
 
 # The hidden checks (hidden_checks/) are imported by the autograded test cells: kernels that
 # nbgrader starts inherit this process's environment.
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (HERE, os.environ.get("PYTHONPATH", "")) if p
-)
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (HERE, os.environ.get("PYTHONPATH", "")) if p)

@@ -38,8 +38,7 @@ def attention_heatmap(
         _, ax = plt.subplots(figsize=(1.0 + 0.6 * S, 0.8 + 0.45 * L))
     image = ax.imshow(weights, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
     ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    ax.set_xticks(range(S), x_labels if x_labels is not None else range(S), rotation=45,
-                  ha="right")  # fmt: skip
+    ax.set_xticks(range(S), x_labels if x_labels is not None else range(S), rotation=45, ha="right")
     ax.set_yticks(range(L), y_labels if y_labels is not None else range(L))
     ax.set_xlabel("keys")
     ax.set_ylabel("queries")
@@ -49,8 +48,15 @@ def attention_heatmap(
         for i in range(L):
             for j in range(S):
                 w = weights[i, j].item()
-                ax.text(j, i, f"{w:.2f}", ha="center", va="center",
-                        color="black" if w > 0.6 else "white", fontsize=8)  # fmt: skip
+                ax.text(
+                    j,
+                    i,
+                    f"{w:.2f}",
+                    ha="center",
+                    va="center",
+                    color="black" if w > 0.6 else "white",
+                    fontsize=8,
+                )
     if title:
         ax.set_title(title)
     return ax

@@ -1,9 +1,9 @@
 """Generate every derived file from the instructor sources in solutions/.
 
-    solutions/NN-slug.md ─┬─> autograde/source/NN-slug/NN-slug.ipynb   nbgrader source
-                          ├─> autograde/release/NN-slug/NN-slug.ipynb  nbgrader generate_assignment
-                          ├─> chapters/NN-slug.ipynb                   the student edition (= release)
-                          └─> course_lib/MODULE.py                     cells with :export: MODULE
+    solutions/NN-slug.md -> autograde/source/NN-slug/NN-slug.ipynb    nbgrader source
+                         -> autograde/release/NN-slug/NN-slug.ipynb   generate_assignment
+                         -> chapters/NN-slug.ipynb                    student edition (= release)
+                         -> course_lib/MODULE.py                      cells with :export: MODULE
 
 Usage: ``python -m tools.sync`` writes them; ``python -m tools.sync --check`` lists stale or
 missing files and exits 1 (the test suite runs the same comparison).
@@ -31,6 +31,7 @@ BIN = Path(sys.executable).parent
 def venv_env() -> dict[str, str]:
     """This environment with the venv's scripts first on PATH (nbgrader calls `alembic`)."""
     return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+
 
 # The docstring of each generated course_lib module: what the concept is and where it is taught.
 MODULE_DOCS = {
@@ -85,10 +86,19 @@ def nbgrader_release(sources: dict[str, nbformat.NotebookNode]) -> dict[str, str
             nbformat.write(nb, folder / f"{name}.ipynb")
         for name in sources:
             subprocess.run(
-                [BIN / "nbgrader", "generate_assignment", name, "--force", "--log-level=WARN",
-                 f"--CourseDirectory.root={course}", f"--db=sqlite:///{course}/gradebook.db"],
-                cwd=course, check=True, env=venv_env(),
-            )  # fmt: skip
+                [
+                    BIN / "nbgrader",
+                    "generate_assignment",
+                    name,
+                    "--force",
+                    "--log-level=WARN",
+                    f"--CourseDirectory.root={course}",
+                    f"--db=sqlite:///{course}/gradebook.db",
+                ],
+                cwd=course,
+                check=True,
+                env=venv_env(),
+            )
             released[name] = (course / "release" / name / f"{name}.ipynb").read_text()
     return released
 
@@ -122,7 +132,16 @@ def library_module(module: str, parts: list[tuple[Chapter, str]]) -> str:
 def _ruff(text: str, module: str) -> str:
     """Sort imports and format the way `ruff check`/`ruff format` expect of committed code."""
     name = f"course_lib/{module}.py"
-    fix = [BIN / "ruff", "check", "--quiet", "--fix-only", "--select", "I", "--stdin-filename", name]
+    fix = [
+        BIN / "ruff",
+        "check",
+        "--quiet",
+        "--fix-only",
+        "--select",
+        "I",
+        "--stdin-filename",
+        name,
+    ]
     text = subprocess.run(fix, input=text, text=True, capture_output=True, check=True).stdout
     fmt = [BIN / "ruff", "format", "--quiet", "--stdin-filename", name]
     return subprocess.run(fmt, input=text, text=True, capture_output=True, check=True).stdout

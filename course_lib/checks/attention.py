@@ -40,17 +40,31 @@ def check_dot_scores(fn, L=3, S=4, D=5, dtype=torch.float32, seed=0) -> None:
     def matches_matmul():
         q0, k0 = q.clone(), k.clone()
         got = fn(q, k)
-        expect(tuple(getattr(got, "shape", ())) != (S, L),
-               f"scores have shape (S, L) = {(S, L)}, expected (L, S) = {(L, S)}: "
-               "one row per query, so compute query @ keys.T, not keys @ query.T")  # fmt: skip
-        expect_close(got, q.double() @ k.double().T, "scores",
-                     {"the scores were scaled (no scaling in this chapter)":
-                      q.double() @ k.double().T / math.sqrt(D)})  # fmt: skip
+        expect(
+            tuple(getattr(got, "shape", ())) != (S, L),
+            f"scores have shape (S, L) = {(S, L)}, expected (L, S) = {(L, S)}: "
+            "one row per query, so compute query @ keys.T, not keys @ query.T",
+        )
+        expect_close(
+            got,
+            q.double() @ k.double().T,
+            "scores",
+            {
+                "the scores were scaled (no scaling in this chapter)": q.double()
+                @ k.double().T
+                / math.sqrt(D)
+            },
+        )
         expect(got.dtype == dtype, f"scores have dtype {got.dtype}, expected {dtype}")
         expect_unchanged({"query": q0, "keys": k0}, {"query": q, "keys": k})
 
-    run("dot_scores", {"the worked example gives 0.62": worked_example,
-                       f"matches Q Kᵀ for L={L}, S={S}, D={D} ({dtype})": matches_matmul})  # fmt: skip
+    run(
+        "dot_scores",
+        {
+            "the worked example gives 0.62": worked_example,
+            f"matches Q Kᵀ for L={L}, S={S}, D={D} ({dtype})": matches_matmul,
+        },
+    )
 
 
 def check_softmax(fn, shape=(3, 5), dtype=torch.float32, seed=0) -> None:
@@ -69,33 +83,49 @@ def check_softmax(fn, shape=(3, 5), dtype=torch.float32, seed=0) -> None:
 
     def matches_torch():
         before = scores.clone()
-        expect_close(fn(scores), torch.softmax(scores.double(), -1), "softmax(scores)",
-                     {"the softmax over dim 0 instead of dim=-1": torch.softmax(scores.double(), 0),
-                      "exp(scores) without normalising": scores.double().exp()})  # fmt: skip
+        expect_close(
+            fn(scores),
+            torch.softmax(scores.double(), -1),
+            "softmax(scores)",
+            {
+                "the softmax over dim 0 instead of dim=-1": torch.softmax(scores.double(), 0),
+                "exp(scores) without normalising": scores.double().exp(),
+            },
+        )
         expect_unchanged({"scores": before}, {"scores": scores})
 
     def honours_dim():
-        expect_close(fn(scores, dim=0), torch.softmax(scores.double(), 0), "softmax(scores, dim=0)",
-                     {"the dim argument is ignored (always dim=-1)":
-                      torch.softmax(scores.double(), -1)})  # fmt: skip
+        expect_close(
+            fn(scores, dim=0),
+            torch.softmax(scores.double(), 0),
+            "softmax(scores, dim=0)",
+            {"the dim argument is ignored (always dim=-1)": torch.softmax(scores.double(), -1)},
+        )
 
     def stable_for_large_scores():
         big = scores * 1000
         got = fn(big)
-        expect(bool(torch.isfinite(got).all()),
-               "softmax of scores around ±1000 gives NaN or inf: subtract the maximum score "
-               "before exponentiating (softmax(e) = softmax(e - max e))")  # fmt: skip
+        expect(
+            bool(torch.isfinite(got).all()),
+            "softmax of scores around ±1000 gives NaN or inf: subtract the maximum score "
+            "before exponentiating (softmax(e) = softmax(e - max e))",
+        )
         expect_close(got, torch.softmax(big.double(), -1), "softmax of large scores")
 
     def keeps_dtype():
         got = fn(scores)
         expect(got.dtype == dtype, f"the weights have dtype {got.dtype}, expected {dtype}")
 
-    run("softmax", {"rows sum to 1 over the key axis": sums_to_one,
-                    f"matches torch.softmax on shape {tuple(shape)}": matches_torch,
-                    "honours the dim argument": honours_dim,
-                    "stable for scores of ±1000": stable_for_large_scores,
-                    f"keeps dtype {dtype}": keeps_dtype})  # fmt: skip
+    run(
+        "softmax",
+        {
+            "rows sum to 1 over the key axis": sums_to_one,
+            f"matches torch.softmax on shape {tuple(shape)}": matches_torch,
+            "honours the dim argument": honours_dim,
+            "stable for scores of ±1000": stable_for_large_scores,
+            f"keeps dtype {dtype}": keeps_dtype,
+        },
+    )
 
 
 def _reference_dot_scores(query, keys):
@@ -116,27 +146,48 @@ def check_soft_lookup(fn, L=3, S=4, D=5, Dv=2, dtype=torch.float32, seed=0) -> N
     def call():
         with graded_alone(fn, dot_scores=_reference_dot_scores, softmax=_reference_softmax):
             result = fn(q, k, v)
-        expect(isinstance(result, tuple) and len(result) == 2,
-               "soft_lookup must return a tuple (output, weights)")  # fmt: skip
+        expect(
+            isinstance(result, tuple) and len(result) == 2,
+            "soft_lookup must return a tuple (output, weights)",
+        )
         return result
 
     def returns_weights():
         _, got = call()
         expect_shape(got, (L, S), "weights")
-        expect_close(got, weights, "weights",
-                     {"the softmax over the query axis (dim 0) instead of the key axis":
-                      torch.softmax(scores, 0),
-                      "the scores were scaled (no scaling in this chapter)":
-                      torch.softmax(scores / math.sqrt(D), -1)})  # fmt: skip
+        expect_close(
+            got,
+            weights,
+            "weights",
+            {
+                "the softmax over the query axis (dim 0) instead of the key axis": torch.softmax(
+                    scores, 0
+                ),
+                "the scores were scaled (no scaling in this chapter)": torch.softmax(
+                    scores / math.sqrt(D), -1
+                ),
+            },
+        )
 
     def returns_output():
         before = {"query": q.clone(), "keys": k.clone(), "values": v.clone()}
         out, _ = call()
         expect_shape(out, (L, Dv), "output")
-        expect_close(out, weights @ v.double(), "output",
-                     {"the raw scores were used instead of the softmax weights": scores @ v.double(),
-                      "the values were summed without weights": v.double().sum(0).expand(L, Dv)})  # fmt: skip
+        expect_close(
+            out,
+            weights @ v.double(),
+            "output",
+            {
+                "the raw scores were used instead of the softmax weights": scores @ v.double(),
+                "the values were summed without weights": v.double().sum(0).expand(L, Dv),
+            },
+        )
         expect_unchanged(before, {"query": q, "keys": k, "values": v})
 
-    run("soft_lookup", {f"weights are softmax(Q Kᵀ) over keys (L={L}, S={S})": returns_weights,
-                        f"output is weights @ V, shape (L, Dv) = {(L, Dv)}": returns_output})  # fmt: skip
+    run(
+        "soft_lookup",
+        {
+            f"weights are softmax(Q Kᵀ) over keys (L={L}, S={S})": returns_weights,
+            f"output is weights @ V, shape (L, Dv) = {(L, Dv)}": returns_output,
+        },
+    )

@@ -47,8 +47,10 @@ def expect_close(
     produces on the same inputs, so a wrong answer is explained, not just rejected.
     """
     actual = expect_shape(actual, tuple(expected.shape), what)
-    expect(bool(torch.isfinite(actual).all()) or not bool(torch.isfinite(expected).all()),
-           f"{what} contains NaN or inf where the correct result is finite")  # fmt: skip
+    expect(
+        bool(torch.isfinite(actual).all()) or not bool(torch.isfinite(expected).all()),
+        f"{what} contains NaN or inf where the correct result is finite",
+    )
     if matches(actual, expected, atol):
         return
     for diagnosis, wrong in (likely_bugs or {}).items():
@@ -61,9 +63,11 @@ def expect_close(
 def expect_unchanged(before: Mapping[str, torch.Tensor], after: Mapping[str, torch.Tensor]):
     """The function did not modify its inputs in place."""
     for name, tensor in before.items():
-        expect(torch.equal(tensor, after[name]),
-               f"{name} was modified in place: compute into new tensors instead "
-               "(e.g. masked_fill, not masked_fill_)")  # fmt: skip
+        expect(
+            torch.equal(tensor, after[name]),
+            f"{name} was modified in place: compute into new tensors instead "
+            "(e.g. masked_fill, not masked_fill_)",
+        )
 
 
 def passed(title: str, names: list[str]) -> None:

@@ -1,0 +1,55 @@
+"""Run a chapter's graded test cells against any implementation of its exercises, fast.
+
+This is what nbgrader does when it autogrades (run the student's cells, then each test cell,
+hidden checks included), minus the kernel and the notebook: the mutant and alternative tests
+use it to prove every known bug loses the points of its own exercise, and nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import nbformat
+
+from tools.chapters import ROOT, Chapter, strip_markers
+
+
+def namespace(chapter: Chapter, replacement: str = "", released: bool = False) -> dict:
+    """The library cells of ``chapter`` executed in order, then ``replacement``.
+
+    By default these are the reference solutions; ``released`` takes them from the student
+    notebook that nbgrader generated instead (stubs that raise NotImplementedError).
+    ``replacement`` is code that redefines some exercises: a mutant, an alternative.
+    """
+    ns: dict = {"__name__": f"exercises_{chapter.name.replace('-', '_')}"}
+    if released:
+        nb = nbformat.read(ROOT / "chapters" / f"{chapter.name}.ipynb", as_version=4)
+        library = [c.source for c in nb.cells if _is_library(c)]
+    else:
+        library = [strip_markers(cell.source) for _, cell in chapter.exports()]
+    for code in library + [replacement]:
+        exec(compile(code, chapter.name, "exec"), ns)
+    return ns
+
+
+def _is_library(cell) -> bool:
+    grading = cell.metadata.get("nbgrader", {})
+    return grading.get("solution", False) or grading.get("grade_id", "").startswith("given-")
+
+
+def scores(chapter: Chapter, ns: dict) -> dict[str, int]:
+    """Points each test cell (visible and hidden checks) awards to the code in ``ns``."""
+    points = {}
+    for cell in chapter.cells("tests"):
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                exec(compile(cell.source, cell.metadata["grade_id"], "exec"), dict(ns))
+            points[cell.metadata["grade_id"]] = cell.metadata["points"]
+        except Exception:
+            points[cell.metadata["grade_id"]] = 0
+    return points
+
+
+def full_marks(chapter: Chapter) -> dict[str, int]:
+    return {c.metadata["grade_id"]: c.metadata["points"] for c in chapter.cells("tests")}
