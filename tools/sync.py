@@ -37,6 +37,8 @@ def venv_env() -> dict[str, str]:
 MODULE_DOCS = {
     "attention": "Dot-product attention: similarity scores, softmax, soft lookup,\n"
     "scaled dot-product attention and its masks.",
+    "seq2seq": "RNN encoder-decoder with attention: additive attention, the attention\n"
+    "decoder's step, greedy decoding and the padding-aware sequence loss.",
 }
 
 
