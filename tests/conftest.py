@@ -1,7 +1,9 @@
+import subprocess
 import sys
 from pathlib import Path
 
 import matplotlib
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 # tools/ (the sync pipeline) and autograde/hidden_checks are imported by the tests.
@@ -10,3 +12,13 @@ for path in (ROOT, ROOT / "autograde"):
         sys.path.insert(0, str(path))
 
 matplotlib.use("Agg")
+
+
+@pytest.fixture(scope="session")
+def built_book():
+    """The HTML book, built once per test session with `python -m tools.book` (cached)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "tools.book"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return ROOT / "_build" / "html"

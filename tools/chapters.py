@@ -53,6 +53,19 @@ class Chapter:
         """The code cells tagged ``kind`` ("solution" or "tests")."""
         return [c for c in self.notebook.cells if kind in c.metadata.get("tags", [])]
 
+    def secret_lines(self) -> list[str]:
+        """Lines only the instructor may see: solution regions and hidden tests, stripped.
+
+        Lines shorter than 12 characters (``else:``, ``return out``) are too generic to prove
+        a leak and are left out.
+        """
+        lines = []
+        for cell in self.cells("solution"):
+            lines += region_lines(cell.source, BEGIN_SOLUTION, END_SOLUTION)
+        for cell in self.cells("tests"):
+            lines += region_lines(cell.source, BEGIN_HIDDEN, END_HIDDEN)
+        return [ln.strip() for ln in lines if len(ln.strip()) >= 12]
+
     def exports(self) -> list[tuple[str, nbformat.NotebookNode]]:
         """(module, cell) for every cell that goes into course_lib, in notebook order."""
         return [(c.metadata["export"], c) for c in self.notebook.cells if "export" in c.metadata]
