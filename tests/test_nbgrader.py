@@ -15,7 +15,9 @@ AUTOGRADE = ROOT / "autograde"
 
 
 def nbgrader(course, *args):
-    result = subprocess.run(["nbgrader", *args], cwd=course, env=venv_env(), capture_output=True, text=True)
+    result = subprocess.run(
+        ["nbgrader", *args], cwd=course, env=venv_env(), capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
