@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 
 import torch
 
@@ -111,3 +112,11 @@ def graded_alone(fn: Callable, **references: Callable):
         for name in references:
             namespace.pop(name, None)
         namespace.update(saved)
+
+
+@contextmanager
+def hidden(title: str):
+    """Run hidden checks without listing their probes: one summary line, or the failure."""
+    with redirect_stdout(io.StringIO()):
+        yield
+    print(f"✓ {title}: hidden checks passed.")
