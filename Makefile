@@ -26,9 +26,9 @@ $(STAMP): requirements.txt pyproject.toml
 sync: $(STAMP)
 	$(BIN)/python -m tools.sync
 
-# The book renders the student notebooks with the outputs a correct solution produces;
-# execution is cached in _build/.jupyter_cache, so an unchanged rebuild takes seconds.
-book: $(STAMP)
+# The book renders the student notebooks (synced first) with the outputs a correct solution
+# produces;# execution is cached in _build/.jupyter_cache, so an unchanged rebuild takes seconds.
+book: sync
 	$(BIN)/python -m tools.book
 	@echo "Book built: open file://$(CURDIR)/_build/html/index.html"
 
