@@ -27,7 +27,7 @@ sync: $(STAMP)
 	$(BIN)/python -m tools.sync
 
 # The book renders the student notebooks (synced first) with the outputs a correct solution
-# produces;# execution is cached in _build/.jupyter_cache, so an unchanged rebuild takes seconds.
+# produces; execution is cached in _build/.jupyter_cache, so an unchanged rebuild takes seconds.
 book: sync
 	$(BIN)/python -m tools.book
 	@echo "Book built: open file://$(CURDIR)/_build/html/index.html"
