@@ -14,8 +14,8 @@ from matplotlib import font_manager
 _FONTS = Path(koreanize_matplotlib.__file__).parent / "fonts"
 for _ttf in sorted(_FONTS.glob("NanumGothic*.ttf")):
     font_manager.fontManager.addfont(str(_ttf))
-plt.rcParams["font.family"] = "NanumGothic"
-plt.rcParams["axes.unicode_minus"] = False  # NanumGothic has no U+2212 minus sign
+# DejaVu Sans (matplotlib's default, with the math minus sign) first; Hangul falls back to Nanum.
+plt.rcParams["font.family"] = ["DejaVu Sans", "NanumGothic"]
 
 
 def attention_heatmap(

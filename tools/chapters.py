@@ -56,15 +56,17 @@ class Chapter:
     def secret_lines(self) -> list[str]:
         """Lines only the instructor may see: solution regions and hidden tests, stripped.
 
-        Lines shorter than 12 characters (``else:``, ``return out``) are too generic to prove
-        a leak and are left out.
+        Left out: lines shorter than 12 characters (``else:``) and lines that also appear in
+        the chapter's public cells (``if mask is not None:`` in given code): neither can prove
+        a leak.
         """
         lines = []
         for cell in self.cells("solution"):
             lines += region_lines(cell.source, BEGIN_SOLUTION, END_SOLUTION)
         for cell in self.cells("tests"):
             lines += region_lines(cell.source, BEGIN_HIDDEN, END_HIDDEN)
-        return [ln.strip() for ln in lines if len(ln.strip()) >= 12]
+        public = {ln.strip() for cell in self.notebook.cells for ln in public_lines(cell.source)}
+        return [ln.strip() for ln in lines if len(ln.strip()) >= 12 and ln.strip() not in public]
 
     def exports(self) -> list[tuple[str, nbformat.NotebookNode]]:
         """(module, cell) for every cell that goes into course_lib, in notebook order."""
@@ -93,6 +95,19 @@ def region_lines(source: str, begin: str, end: str) -> list[str]:
         elif line.strip() == end:
             inside = False
         elif inside:
+            lines.append(line)
+    return lines
+
+
+def public_lines(source: str) -> list[str]:
+    """The lines of a cell outside its solution and hidden-test regions."""
+    lines, inside = [], False
+    for line in source.splitlines():
+        if line.strip() in (BEGIN_SOLUTION, BEGIN_HIDDEN):
+            inside = True
+        elif line.strip() in (END_SOLUTION, END_HIDDEN):
+            inside = False
+        elif not inside:
             lines.append(line)
     return lines
 

@@ -78,11 +78,25 @@ def passed(title: str, names: list[str]) -> None:
     print(f"All {len(names)} checks passed for {title}.")
 
 
+@contextmanager
+def one_thread():
+    """Run on one CPU thread: probes use tiny tensors, for which PyTorch's thread pool only adds
+    overhead, and on a busy machine (a grading batch) waiting for a second core can turn a
+    microsecond operation into milliseconds. The student's own setting is restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def run(title: str, probes: Mapping[str, Callable[[], None]]) -> None:
     """Run named probes in order; stop at the first failure, prefixed with its name."""
     for name, probe in probes.items():
         try:
-            probe()
+            with one_thread():
+                probe()
         except CheckFailed as failure:
             raise CheckFailed(f"{title} — {name}: {failure}") from None
         except Exception as error:  # the student's code crashed: say where, not a bare traceback

@@ -12,10 +12,8 @@ a wrong answer that equals one of them is named in the failure message.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Mapping, Sequence
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -34,28 +32,6 @@ from course_lib.checks.core import (
 
 F64 = torch.float64
 NEG_INF = float("-inf")
-
-
-@contextmanager
-def _one_thread():
-    """Run on one CPU thread: the probes use tiny tensors, for which PyTorch's thread pool only
-    adds overhead, and on a busy machine (a grading batch) waiting for a second core can make a
-    microsecond operation take milliseconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _one_threaded(check):
-    @functools.wraps(check)
-    def wrapper(*args, **kwargs):
-        with _one_thread():
-            return check(*args, **kwargs)
-
-    return wrapper
 
 
 def _randn(gen: torch.Generator, *shape: int, dtype=torch.float32) -> torch.Tensor:
@@ -86,7 +62,6 @@ def _expect_mask(got, expected: torch.Tensor, what: str, likely_bugs: Mapping[st
         )
 
 
-@_one_threaded
 def check_padding_mask(fn, valid_lens: Sequence[int] = (3, 0, 5, 1), S: int = 5) -> None:
     lens = torch.tensor(list(valid_lens))
     B = len(valid_lens)
@@ -134,7 +109,6 @@ def check_padding_mask(fn, valid_lens: Sequence[int] = (3, 0, 5, 1), S: int = 5)
     )
 
 
-@_one_threaded
 def check_causal_mask(fn, L: int = 4) -> None:
     expected = torch.ones(L, L, dtype=torch.bool).tril()  # (L, L)
     bugs = {
@@ -273,7 +247,6 @@ def _oracle_output(q, k, v, mask=None) -> torch.Tensor:
 # ---------------------------------------------------------------------- attention check
 
 
-@_one_threaded
 def check_scaled_dot_product_attention(
     fn,
     batch: tuple[int, ...] = (2,),
