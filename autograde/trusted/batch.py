@@ -1,0 +1,431 @@
+"""``python -m autograde grade``: grade every submission of an assignment.
+
+1. Record the assignment in the gradebook with nbgrader's own ``generate_assignment`` (into a
+   scratch folder: nothing in the course changes but the gradebook), and build the grading
+   directory (``stubs``).
+2. Skip each student whose result file is up to date (same submission, same assignment, same
+   checks, same grader): a killed run resumes where it stopped, and grading twice changes
+   nothing.
+3. Hand the others to ``--workers`` judge processes (``judge``), each grading one student at
+   a time in its own sandboxes.
+4. As each student finishes, write the autograded notebooks, then the result file (atomically:
+   it is the commit point), then the grades into the gradebook.
+
+Each student's inputs are drawn from seeds mixed with a secret derived from a key kept in the
+course's autograded folder, which the sandbox cannot read: the same for every run (so results
+are reproducible and the order of grading, or the number of workers, does not matter), but not
+predictable from the public course.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import importlib.util
+import json
+import os
+import queue
+import secrets
+import select
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from . import course as course_mod
+from . import sandbox, stubs
+
+GRADER_VERSION = "1"
+RESULT_FILE = "trusted-result.json"
+KEY_FILE = ".trusted-grading-key"
+STATUS_ORDER = ("error", "invalid", "crashed", "timed out", "graded")
+
+
+@dataclass
+class Options:
+    workers: int = max(1, os.cpu_count() or 1)
+    students: list[str] = field(default_factory=list)
+    force: bool = False
+    sandbox: bool = True
+    timeout: float = 300.0  # seconds per cell
+    notebook_timeout: float = 1200.0  # seconds per notebook, restarts included
+    memory_mb: int = 4096
+    processes: int = 64
+    quiet: bool = False
+
+
+def _log(options: Options, text: str) -> None:
+    if not options.quiet:
+        print(text, flush=True)
+
+
+def package_root() -> Path:
+    return Path(__file__).resolve().parent.parent.parent
+
+
+def course_lib_dir() -> Path:
+    spec = importlib.util.find_spec("course_lib")
+    if spec is None or not spec.origin:
+        raise RuntimeError("course_lib is not importable: run from the repository root")
+    return Path(spec.origin).parent
+
+
+def secret_key(course: course_mod.Course) -> bytes:
+    path = Path(course.coursedir.root) / course.coursedir.autograded_directory / KEY_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return bytes.fromhex(path.read_text().strip())
+
+
+def student_salt(key: bytes, assignment: str, student: str) -> int:
+    digest = hmac.new(key, f"{assignment}/{student}".encode(), hashlib.sha256).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def _tree_digest(h, folder: Path) -> None:
+    if folder.is_dir():
+        for path in sorted(folder.rglob("*.py")):
+            if "__pycache__" not in path.parts:
+                h.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes())
+
+
+def checks_digest(course: course_mod.Course) -> str:
+    """What the verdicts depend on besides the submission: the checks and the grader."""
+    h = hashlib.sha256(GRADER_VERSION.encode())
+    _tree_digest(h, course_lib_dir())
+    _tree_digest(h, Path(course.coursedir.root) / "hidden_checks")
+    _tree_digest(h, Path(__file__).parent)
+    return h.hexdigest()
+
+
+def fingerprint(course, assignment: str, student: str, sources, common: str, options) -> str:
+    h = hashlib.sha256(f"{common}\0{assignment}\0{student}\0{options.sandbox}".encode())
+    folder = course.submitted(student, assignment)
+    for source in sources:
+        h.update(source.read_bytes())
+        submitted = folder / source.name
+        h.update(submitted.read_bytes() if submitted.is_file() else b"<missing>")
+    stamp = folder / "timestamp.txt"
+    h.update(stamp.read_bytes() if stamp.is_file() else b"<no timestamp>")
+    return h.hexdigest()
+
+
+class Judge:
+    """One judge process (one worker slot)."""
+
+    def __init__(self, slot: int, course_root: Path, log_dir: Path):
+        self.slot = slot
+        self.log = open(log_dir / f"judge-{slot}.log", "ab")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "autograde.trusted.judge", str(course_root)],
+            cwd=package_root(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+        )
+        self.buffer = b""
+        ready = self._read_line(time.monotonic() + 300)
+        if not ready or not json.loads(ready).get("ready"):
+            raise RuntimeError(f"judge {slot} did not start; see {self.log.name}")
+
+    def _read_line(self, deadline: float) -> bytes | None:
+        fd = self.process.stdout.fileno()
+        while b"\n" not in self.buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            ready, _, _ = select.select([fd], [], [], left)
+            if ready:
+                chunk = os.read(fd, 1 << 20)
+                if not chunk:
+                    return None
+                self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line
+
+    def grade(self, job: dict, limit: float) -> dict:
+        job = {**job, "slot": self.slot}
+        try:
+            self.process.stdin.write(json.dumps(job).encode() + b"\n")
+            self.process.stdin.flush()
+            line = self._read_line(time.monotonic() + limit)
+            if line is not None:
+                return json.loads(line)
+            reason = "the judge did not answer in time"
+        except (OSError, ValueError) as error:
+            reason = f"the judge process failed ({error})"
+        self.process.kill()  # a new judge takes over with the next job
+        self.process.wait()
+        return _error_result(job, f"{reason}; see {self.log.name}")
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            try:
+                self.process.stdin.close()
+                self.process.wait(timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+def _error_result(job: dict, reason: str) -> dict:
+    return {
+        "student": job["student"],
+        "assignment": job["assignment"],
+        "notebooks": {
+            spec["name"]: {"status": "error", "reason": reason, "cells": [], "notebook": None}
+            for spec in job["notebooks"]
+        },
+    }
+
+
+class JudgePool:
+    """``workers`` judge processes, started at once in the background (importing torch and
+    the checks takes a while; the batch prepares the assignment meanwhile)."""
+
+    def __init__(self, workers: int, course_root: Path, log_dir: Path):
+        self.course_root, self.log_dir = course_root, log_dir
+        self.judges: dict[int, Judge | Exception] = {}
+        self.starting = [
+            threading.Thread(target=self._start, args=(slot,), daemon=True)
+            for slot in range(workers)
+        ]
+        for thread in self.starting:
+            thread.start()
+
+    def _start(self, slot: int) -> None:
+        try:
+            self.judges[slot] = Judge(slot, self.course_root, self.log_dir)
+        except Exception as error:  # noqa: BLE001 - retried when the slot gets a job
+            self.judges[slot] = error
+
+    def judge(self, slot: int) -> Judge:
+        judge = self.judges.get(slot)
+        if not isinstance(judge, Judge) or not judge.alive():
+            judge = self.judges[slot] = Judge(slot, self.course_root, self.log_dir)
+        return judge
+
+    def run(self, jobs: list[dict], options: Options, on_result) -> None:
+        """Grade ``jobs``; call ``on_result`` in this thread as each finishes."""
+        for thread in self.starting:
+            thread.join()
+        todo: queue.Queue = queue.Queue()
+        for job in jobs:
+            todo.put(job)
+        done: queue.Queue = queue.Queue()
+        limit_per_job = options.notebook_timeout + 300
+
+        def slot_loop(slot: int) -> None:
+            while True:
+                try:
+                    job = todo.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    limit = limit_per_job * max(1, len(job["notebooks"]))
+                    result = self.judge(slot).grade(job, limit)
+                except Exception as error:  # noqa: BLE001 - report it, keep the batch going
+                    result = _error_result(job, f"{type(error).__name__}: {error}")
+                done.put(result)
+
+        threads = [
+            threading.Thread(target=slot_loop, args=(slot,), daemon=True)
+            for slot in range(min(len(self.starting), max(1, len(jobs))))
+        ]
+        for thread in threads:
+            thread.start()
+        for _ in jobs:
+            on_result(done.get())
+        for thread in threads:
+            thread.join()
+
+    def stop(self) -> None:
+        for thread in self.starting:
+            thread.join()
+        for judge in self.judges.values():
+            if isinstance(judge, Judge):
+                judge.stop()
+
+
+def worst(statuses) -> str:
+    statuses = list(statuses)
+    for status in STATUS_ORDER:
+        if status in statuses:
+            return status
+    return "graded"
+
+
+def finalize(course, assignment, result, fp, max_points, releases) -> dict:
+    """Write one student's files and grades; the record that was written."""
+    student = result["student"]
+    folder = course.autograded(student, assignment)
+    record = {
+        "student": student,
+        "assignment": assignment,
+        "fingerprint": fp,
+        "grader": GRADER_VERSION,
+        "graded_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "notebooks": {},
+    }
+    for name, points in max_points.items():
+        nb = result["notebooks"].get(name) or {
+            "status": "invalid",
+            "reason": f"no notebook {name}.ipynb",
+            "cells": [],
+            "notebook": None,
+        }
+        scores = course_mod.determine_scores(nb.get("notebook"), points)
+        unchanged = course_mod.unchanged_solutions(nb.get("notebook"), releases.get(name))
+        record["notebooks"][name] = {
+            "status": nb["status"],
+            "reason": nb.get("reason", ""),
+            "events": nb.get("events", []),
+            "scores": scores,
+            "max_points": points,
+            "cells": nb.get("cells", []),
+            "unchanged": sorted(unchanged),
+        }
+        if nb.get("notebook") is not None:
+            course_mod.atomic_write(folder / f"{name}.ipynb", json.dumps(nb["notebook"], indent=1))
+    record["status"] = worst(nb["status"] for nb in record["notebooks"].values())
+    if record["status"] == "error":
+        return record
+    stamp = course.submitted(student, assignment) / "timestamp.txt"
+    if stamp.is_file():
+        course_mod.atomic_write(folder / "timestamp.txt", stamp.read_text())
+    course_mod.atomic_write(folder / RESULT_FILE, json.dumps(record, indent=1))
+    course_mod.write_grades(course, assignment, student, record)
+    return record
+
+
+def summary_row(record: dict, note: str = "") -> tuple:
+    score = sum(sum(nb["scores"].values()) for nb in record["notebooks"].values())
+    total = sum(sum(nb["max_points"].values()) for nb in record["notebooks"].values())
+    reasons = [nb["reason"] for nb in record["notebooks"].values() if nb.get("reason")]
+    return (record["student"], record["status"], score, total, note or "; ".join(reasons))
+
+
+def print_summary(rows: list[tuple], options: Options) -> None:
+    if options.quiet:
+        return
+    width = max([7] + [len(r[0]) for r in rows])
+    print(f"\n{'student':<{width}}  {'status':<10}  {'score':>11}  notes")
+    for student, status, score, total, note in rows:
+        note = " ".join(note.split())
+        note = note if len(note) <= 100 else note[:97] + "..."
+        print(f"{student:<{width}}  {status:<10}  {score:>5g}/{total:<5g}  {note}")
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row[1]] = counts.get(row[1], 0) + 1
+    print("\n" + ", ".join(f"{n} {status}" for status, n in counts.items()))
+
+
+def grade(course_root: Path, assignment: str, options: Options) -> int:
+    """The ``grade`` command; the exit status."""
+    if options.sandbox:
+        problem = sandbox.probe()
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
+    else:
+        _log(options, "warning: --no-sandbox: student code runs without isolation")
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="autograde-") as tmp:
+        tmp = Path(tmp)
+        pool = JudgePool(options.workers, Path(course_root).resolve(), tmp)
+        try:
+            course = course_mod.Course.load(course_root)
+            sources = course.source_notebooks(assignment)
+            if not sources:
+                print(f"error: no notebooks in source/{assignment}", file=sys.stderr)
+                return 2
+            rows = _grade(course, assignment, options, sources, tmp, pool)
+        finally:
+            pool.stop()
+    rows.sort(key=lambda r: r[0])
+    print_summary(rows, options)
+    _log(options, f"done in {time.monotonic() - started:.1f} s")
+    return 1 if any(r[1] == "error" for r in rows) else 0
+
+
+def _grade(course, assignment, options, sources, tmp: Path, pool: JudgePool) -> list[tuple]:
+    scratch_release = course.generate_assignment(assignment, tmp / "nbgrader")
+    release_paths = {
+        s.stem: course.release_notebook(assignment, s.stem) or scratch_release / f"{s.stem}.ipynb"
+        for s in sources
+    }
+    releases = {name: json.loads(path.read_text()) for name, path in release_paths.items()}
+    grading_dir = tmp / "grading"
+    stubbed = stubs.build(grading_dir, course_lib_dir(), list(release_paths.values()), assignment)
+    os.chmod(tmp, 0o755)
+    max_points = course_mod.grade_cells(course, assignment)
+    key = secret_key(course)
+    common = checks_digest(course)
+    students = options.students or course.students(assignment)
+    rows: list[tuple] = []
+    jobs = []
+    prints: dict[str, str] = {}
+    for student in students:
+        fp = fingerprint(course, assignment, student, sources, common, options)
+        prints[student] = fp
+        existing = course_mod.read_json(course.autograded(student, assignment) / RESULT_FILE)
+        if not options.force and existing and existing.get("fingerprint") == fp:
+            course_mod.write_grades(course, assignment, student, existing)
+            rows.append(summary_row(existing, "already graded (unchanged); skipped"))
+            continue
+        jobs.append(
+            {
+                "student": student,
+                "assignment": assignment,
+                "notebooks": [
+                    {
+                        "name": s.stem,
+                        "source": str(s),
+                        "release": str(release_paths[s.stem]),
+                        "submitted": str(course.submitted(student, assignment) / s.name),
+                    }
+                    for s in sources
+                ],
+                "salt": student_salt(key, assignment, student),
+                "grading_dir": str(grading_dir),
+                "stubbed": sorted(stubbed),
+                "sandbox": options.sandbox,
+                "timeout": options.timeout,
+                "notebook_timeout": options.notebook_timeout,
+                "limits": {
+                    "memory": options.memory_mb << 20,
+                    "processes": options.processes,
+                    "cpu_seconds": int(options.notebook_timeout) + 60,
+                },
+            }
+        )
+    skipped = len(rows)
+    if skipped:
+        _log(options, f"{skipped} submission(s) already graded and unchanged: skipped")
+    _log(
+        options, f"grading {len(jobs)} submission(s) of {assignment} on {options.workers} worker(s)"
+    )
+
+    def on_result(result: dict) -> None:
+        student = result["student"]
+        record = finalize(course, assignment, result, prints[student], max_points, releases)
+        row = summary_row(record)
+        rows.append(row)
+        _log(
+            options,
+            f"[{len(rows) - skipped}/{len(jobs)}] {student}: {row[1]}, {row[2]:g}/{row[3]:g}",
+        )
+
+    pool.run(jobs, options, on_result)
+    return rows

@@ -1,0 +1,349 @@
+"""Start one worker process in a bubblewrap sandbox, with limits, and kill it for sure.
+
+The sandbox sees, read-only: the system's /usr (and the /lib, /bin links), the Python
+installation and the virtual environment, and the *grading directory* (the worker's code and
+a copy of course_lib whose exercises for the graded assignment are stubs; see ``stubs``).
+Nothing else of the host: not the repository, not solutions/, not autograde/source, the hidden
+checks or the gradebook. The only writable place is a size-limited tmpfs at /tmp. It has no
+network (a new, empty network namespace), its own PID, IPC and UTS namespaces, and dies with
+the grader.
+
+Limits: address space (RLIMIT_AS), CPU seconds (RLIMIT_CPU), process count (RLIMIT_NPROC,
+counted per user id: when the grader runs as root, each concurrent sandbox runs its student
+code as its own unprivileged uid so that one student's fork bomb cannot starve another's
+sandbox), file size (RLIMIT_FSIZE), plus a watchdog on the resident memory of all the
+sandbox's processes together. The grader enforces wall-clock limits itself and kills the
+whole sandbox: its process group, every process in it, and with bubblewrap's PID-namespace
+init everything the student might have started.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+INSTALL_HINT = (
+    "bubblewrap (bwrap) is needed to run untrusted submissions in a sandbox. Install it with "
+    "`apt-get install bubblewrap` (Debian/Ubuntu) or `dnf install bubblewrap` (Fedora), or, "
+    "only for code you trust, pass --no-sandbox."
+)
+UID_BASE = 2_000_000  # sandboxed code runs as UID_BASE + slot when the grader is root
+BOOT = (
+    "import sys; sys.path.insert(0, sys.argv[sys.argv.index('--lib') + 1]); "
+    "from _grader import worker; worker.main()"
+)
+
+
+@dataclass
+class Limits:
+    memory: int = 4 << 30  # bytes of address space per process, and of RSS in total
+    cpu_seconds: int = 1800  # per process
+    processes: int = 64  # processes and threads of the sandbox's user
+    tmp_size: int = 256 << 20  # the writable /tmp
+    file_size: int = 256 << 20
+
+
+@dataclass
+class SandboxConfig:
+    grading_dir: Path  # the worker package and the stubbed course_lib
+    limits: Limits = field(default_factory=Limits)
+    sandbox: bool = True
+    python: str = sys.executable
+
+
+def find_bwrap() -> str | None:
+    return shutil.which("bwrap")
+
+
+def probe() -> str | None:
+    """None when bubblewrap can create the sandbox here, else what went wrong."""
+    bwrap = find_bwrap()
+    if bwrap is None:
+        return "bwrap is not installed. " + INSTALL_HINT
+    argv = [bwrap, *_namespace_args(), "--ro-bind", "/", "/", "--", "/bin/true"]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"bwrap could not start: {error}"
+    if done.returncode != 0:
+        return (
+            f"bwrap cannot create namespaces on this machine ({done.stderr.strip()}). "
+            "Unprivileged user namespaces may be disabled (sysctl "
+            "kernel.unprivileged_userns_clone=1), or run the grader as root."
+        )
+    return None
+
+
+def _namespace_args() -> list[str]:
+    args = ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts"]
+    args += ["--unshare-cgroup-try", "--die-with-parent", "--new-session"]
+    if os.geteuid() != 0:
+        args.append("--unshare-user")
+    return args
+
+
+def _python_roots(python: str) -> list[Path]:
+    """The directories the interpreter and its environment live in (to bind read-only)."""
+    roots = {Path(sys.prefix), Path(sys.base_prefix).resolve(), Path(sys.exec_prefix)}
+    roots.add(Path(os.path.realpath(python)).parent.parent)
+    usr = Path("/usr")
+    return sorted(r for r in roots if r != usr and usr not in r.parents and r != Path("/"))
+
+
+def bwrap_argv(config: SandboxConfig, slot: int) -> list[str]:
+    """The full command line: bubblewrap, its mounts, then the worker."""
+    argv = [find_bwrap() or "bwrap", *_namespace_args()]
+    if os.geteuid() == 0:
+        # bwrap runs privileged (no user namespace); the worker drops to its own uid at once.
+        argv += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    argv += ["--ro-bind", "/usr", "/usr"]
+    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+        path = Path("/") / name
+        if path.is_symlink():
+            argv += ["--symlink", os.readlink(path), str(path)]
+        elif path.is_dir():
+            argv += ["--ro-bind", str(path), str(path)]
+    for name in ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "alternatives"):
+        path = Path("/etc") / name
+        if path.exists():
+            argv += ["--ro-bind", str(path), str(path)]
+    grading = Path(config.grading_dir)
+    for name in ("passwd", "group"):
+        argv += ["--ro-bind", str(grading / "etc" / name), f"/etc/{name}"]
+    made: set[Path] = {Path("/"), Path("/usr"), Path("/etc")}
+    for root in _python_roots(config.python):
+        for parent in reversed(root.parents):
+            if parent not in made:
+                argv += ["--perms", "0755", "--dir", str(parent)]
+                made.add(parent)
+        argv += ["--ro-bind", str(root), str(root)]
+        made.add(root)
+    argv += ["--ro-bind", str(grading), "/grader"]
+    argv += ["--proc", "/proc", "--dev", "/dev"]
+    argv += ["--perms", "1777", "--size", str(config.limits.tmp_size), "--tmpfs", "/tmp"]
+    argv += ["--chdir", "/tmp", "--", config.python, "-I", "-B", "-c", BOOT]
+    argv += ["--lib", "/grader", "--mplcache", "/grader/mplcache", "--scratch", "/tmp/work"]
+    if os.geteuid() == 0:
+        uid = UID_BASE + slot
+        argv += ["--uid", str(uid), "--gid", str(uid)]
+    return argv
+
+
+def worker_env(scratch: str) -> dict[str, str]:
+    venv_bin = str(Path(sys.prefix) / "bin")
+    return {
+        "PATH": f"{venv_bin}:/usr/local/bin:/usr/bin:/bin",
+        "HOME": f"{scratch}/home",
+        "IPYTHONDIR": f"{scratch}/ipython",
+        "MPLCONFIGDIR": f"{scratch}/mpl",
+        "MPLBACKEND": "Agg",
+        "TMPDIR": "/tmp",
+        "USER": "student",
+        "LOGNAME": "student",
+        "LANG": "C.UTF-8",
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+    }
+
+
+class WorkerProcess:
+    """A running worker: the pipes to talk to it, and the means to kill everything it started."""
+
+    def __init__(self, config: SandboxConfig, slot: int):
+        self.config, self.slot = config, slot
+        self.killed_for: str | None = None
+        self.stderr_tail: deque[bytes] = deque(maxlen=64)
+        self._dead = threading.Event()
+        cmd_r, self.cmd_w = os.pipe()
+        self.reply_r, reply_w = os.pipe()
+        os.set_blocking(self.cmd_w, False)
+        if config.sandbox:
+            argv = bwrap_argv(config, slot)
+            env = worker_env("/tmp/work")
+            cwd = "/"
+        else:
+            self.scratch = _scratch_dir()
+            argv = [config.python, "-I", "-B", "-c", BOOT, "--lib", str(config.grading_dir)]
+            argv += ["--mplcache", str(Path(config.grading_dir) / "mplcache")]
+            argv += ["--scratch", self.scratch]
+            env = worker_env(self.scratch)
+            cwd = self.scratch
+        limits = config.limits
+        nproc = limits.processes
+        if os.geteuid() != 0 or not config.sandbox:
+            nproc += _count_own_processes()
+
+        rlimits = {
+            "as": limits.memory,
+            "cpu": limits.cpu_seconds,
+            "nproc": nproc,
+            "fsize": limits.file_size,
+            "core": 0,
+        }
+        argv += ["--cmd-fd", str(cmd_r), "--reply-fd", str(reply_w)]
+        prlimit = shutil.which("prlimit")
+        preexec = None
+        if prlimit:
+            argv = [prlimit, *(f"--{k}={v}" for k, v in rlimits.items()), "--", *argv]
+        else:  # pragma: no cover - util-linux is everywhere bwrap is
+
+            def preexec():
+                for name, value in rlimits.items():
+                    which = getattr(resource, f"RLIMIT_{name.upper()}")
+                    resource.setrlimit(which, (value, value))
+
+        self.started = time.monotonic()
+        self.process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=cwd,
+            pass_fds=(cmd_r, reply_w),
+            preexec_fn=preexec,
+            start_new_session=True,
+        )
+        os.close(cmd_r)
+        os.close(reply_w)
+        threading.Thread(target=self._drain_stderr, daemon=True).start()
+        threading.Thread(target=self._watch_memory, daemon=True).start()
+
+    def _drain_stderr(self) -> None:
+        stream = self.process.stderr
+        while chunk := stream.read1(4096) if stream else b"":
+            self.stderr_tail.append(chunk)
+
+    def stderr_text(self) -> str:
+        return b"".join(self.stderr_tail).decode(errors="replace")[-4000:]
+
+    def _watch_memory(self) -> None:
+        while not self._dead.wait(0.2):
+            pids = _descendants(self.process.pid)
+            total = sum(_rss(pid) for pid in pids)
+            if total > self.config.limits.memory:
+                self.kill(f"memory limit: {total >> 20} MiB resident")
+                return
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def kill(self, reason: str | None = None) -> None:
+        """Kill the sandbox and everything in it; wait until it is gone."""
+        if reason and self.killed_for is None:
+            self.killed_for = reason
+        self._dead.set()
+        pids = _descendants(self.process.pid)
+        for action in (
+            lambda: os.killpg(self.process.pid, signal.SIGKILL),
+            *(lambda p=p: os.kill(p, signal.SIGKILL) for p in pids),
+        ):
+            try:
+                action()
+            except (ProcessLookupError, PermissionError):
+                pass
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # pragma: no cover - the kernel always obliges
+            pass
+        deadline = time.monotonic() + 10
+        while _descendants_alive(pids) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        for fd in (self.cmd_w, self.reply_r):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.cmd_w = self.reply_r = -1
+        if not self.config.sandbox:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+
+    def exit_description(self) -> str:
+        code = self.process.poll()
+        if self.killed_for:
+            return self.killed_for
+        if code is None:
+            return "the worker stopped answering"
+        if code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = str(-code)
+            return f"the Python process was killed by {name}"
+        return f"the Python process exited with status {code}"
+
+
+def _scratch_dir() -> str:
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="autograde-scratch-")
+
+
+def _children_map() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        after = stat.rsplit(b")", 1)[-1].split()
+        if len(after) > 2:
+            children.setdefault(int(after[1]), []).append(int(entry))
+    return children
+
+
+def _descendants(pid: int) -> list[int]:
+    children = _children_map()
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        for child in children.get(current, []):
+            if child not in found:
+                found.append(child)
+                todo.append(child)
+    return found
+
+
+def _descendants_alive(pids: list[int]) -> bool:
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[-1].split()[0]
+        except OSError:
+            continue
+        if state != b"Z":
+            return True
+    return False
+
+
+def _rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _count_own_processes() -> int:
+    uid, count = os.getuid(), 0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}").st_uid == uid:
+                    count += len(os.listdir(f"/proc/{entry}/task"))
+            except OSError:
+                pass
+    return count
