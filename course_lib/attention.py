@@ -167,11 +167,6 @@ def scaled_dot_product_attention(
     validate.same_size("dtype", "value", value.dtype, "query", query.dtype)
     if attn_mask is not None:
         validate.mask("attn_mask", attn_mask, (*batch, L, S), "(..., L, S)")
-        if torch.broadcast_shapes(attn_mask.shape, (*batch, L, S)) != (*batch, L, S):
-            raise ValueError(
-                f"attn_mask has shape {tuple(attn_mask.shape)}, larger than the scores "
-                f"(..., L, S)={(*batch, L, S)}"
-            )
     if attn_mask is None:  # no mask: every query may attend to every key
         attn_mask = torch.ones(L, S, dtype=torch.bool, device=query.device)  # (L, S)
     any_allowed = attn_mask.any(dim=-1, keepdim=True)  # (..., L, 1): has the row a key?

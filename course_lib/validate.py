@@ -34,8 +34,10 @@ def mask(name: str, m, shape: tuple[int, ...], layout: str) -> None:
         got = m.dtype if isinstance(m, torch.Tensor) else type(m).__name__
         raise ValueError(f"{name} must be a boolean tensor (True = may attend), got {got}")
     try:
-        torch.broadcast_shapes(tuple(m.shape), shape)
+        broadcast = torch.broadcast_shapes(tuple(m.shape), shape)
     except RuntimeError:
+        broadcast = None
+    if broadcast != tuple(shape):  # also rejects a mask that would enlarge the result
         raise ValueError(
             f"{name} has shape {tuple(m.shape)}, which does not broadcast to {layout}={shape}"
-        ) from None
+        )

@@ -298,7 +298,7 @@ BAD_CALLS = {
     "attn_mask has shape (4, 3), which does not broadcast": (
         lambda A: A.scaled_dot_product_attention(Q, K, V, torch.ones(4, 3, dtype=BOOL))
     ),
-    "attn_mask has shape (5, 2, 3, 4), larger than the scores": (
+    "attn_mask has shape (5, 2, 3, 4), which does not broadcast to": (
         lambda A: A.scaled_dot_product_attention(Q, K, V, torch.ones(5, 2, 3, 4, dtype=BOOL))
     ),
     "valid_lens must hold integers": lambda A: A.padding_mask(torch.tensor([1.0, 2.0]), 4),
