@@ -1,0 +1,893 @@
+"""Checks for chapter 3: additive attention, the attention decoder's step, the padding-aware
+sequence loss and greedy decoding.
+
+Oracles never come from course_lib's reference. Additive attention and the decoder step are
+recomputed here by hand in float64 from the parameters the check itself loaded into the
+student's module (the score ``vᵀ tanh(W_q q + W_k k)``, a GRU cell written out gate by gate);
+the loss is compared with ``F.cross_entropy(..., ignore_index=pad_id)``. Each exercise is
+graded on its own: the step runs with an oracle attention in place of ``self.attention``, and
+the loss and greedy decoding run against scripted stand-in models whose behaviour is known
+exactly.
+
+The checks only talk to the student's objects by calling them and by plain attribute reads
+and writes (parameters go in through ``load_state_dict``), and the stand-ins verify what they
+are given themselves, raising :class:`CheckFailed` on the spot. So the checks work the same
+when the student's code runs in another process, as under the trusted grading command, where
+the stand-ins travel to that process by value.
+
+Likely bugs are recognised by recomputing, on the same inputs, what each known bug produces:
+a wrong answer that equals one of them is named in the failure message.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from course_lib.checks.core import (
+    CheckFailed,
+    as_tensor,
+    expect,
+    expect_close,
+    expect_shape,
+    expect_unchanged,
+    generator,
+    run,
+)
+
+F64 = torch.float64
+PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
+
+
+@contextmanager
+def _relayed():
+    """A stand-in's own failure, raised while the student's code runs, is a check failure.
+
+    When the student's code runs in a sandboxed process, the stand-in's CheckFailed comes back
+    as a look-alike exception of the same name: turn it back into a CheckFailed here, so the
+    message reads as a diagnosis, not as a crash of the student's code.
+    """
+    try:
+        yield
+    except CheckFailed:
+        raise
+    except Exception as error:
+        if type(error).__name__ == "CheckFailed":
+            raise CheckFailed(str(error)) from None
+        raise
+
+
+def _randn(gen: torch.Generator, *shape: int, dtype=torch.float32) -> torch.Tensor:
+    return torch.randn(*shape, generator=gen, dtype=F64).to(dtype)
+
+
+def _mask(lengths: Sequence[int], S: int) -> torch.Tensor:
+    """True = may attend: key j of row b is real when j < lengths[b]."""
+    return torch.arange(S)[None, :] < torch.tensor(list(lengths))[:, None]  # (B, S)
+
+
+def _lengths(B: int, S: int) -> list[int]:
+    """Distinct valid lengths, the first full: S, S-2, S-3, ... (at least 1)."""
+    return [S] + [max(1, S - 1 - b) for b in range(1, B)]
+
+
+def _load_parameters(module, gen: torch.Generator, scale: float = 0.6) -> dict[str, torch.Tensor]:
+    """Give every floating tensor of ``module``'s state seeded values, via ``load_state_dict``.
+
+    Returns the values loaded, as float64 (the oracle's copy), keyed like the state dict.
+    """
+    state = module.state_dict()
+    new, loaded = {}, {}
+    for name in sorted(state):
+        value = state[name]
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            value = (torch.randn(tuple(value.shape), generator=gen, dtype=F64) * scale).to(
+                value.dtype
+            )
+        new[name] = value
+        loaded[name] = value.double() if isinstance(value, torch.Tensor) else value
+    module.load_state_dict(new)
+    return loaded
+
+
+def _require(loaded: dict, name: str, what: str) -> torch.Tensor:
+    if name not in loaded:
+        raise CheckFailed(
+            f"{what} has no parameter {name!r}: keep the layers that __init__ creates "
+            "(the checks set their weights)"
+        )
+    return loaded[name]
+
+
+def _masked_softmax(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Softmax over the last axis with masked keys at exactly 0; a row with no key gives 0."""
+    if mask is None:
+        return torch.softmax(scores, -1)
+    weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), -1)
+    return torch.where(mask.any(-1, keepdim=True), weights, 0.0).masked_fill(~mask, 0.0)
+
+
+def additive_scores(Wq, Wk, v, query, keys) -> torch.Tensor:
+    """``e[b, j] = vᵀ tanh(W_q q_b + W_k k_bj)`` by hand, float64.
+
+    Shape: Wq (A, Dq), Wk (A, Dk), v (1, A), query (B, Dq), keys (B, S, Dk) -> (B, S)
+    """
+    features = torch.tanh((query.double() @ Wq.T)[:, None, :] + keys.double() @ Wk.T)
+    return features @ v.reshape(-1)  # (B, S, A) @ (A,) -> (B, S)
+
+
+# ------------------------------------------------------------------------ additive attention
+
+
+def _call_attention(module, query, keys, values, mask):
+    with _relayed():
+        result = module(query, keys, values, mask)
+    expect(
+        isinstance(result, tuple) and len(result) == 2,
+        "forward must return a tuple (context, weights)",
+    )
+    return result
+
+
+def check_additive_attention(
+    cls, B=2, S=5, Dq=3, Dk=4, Dv=4, A=6, dtype=torch.float32, seed=0
+) -> None:
+    """``cls(query_size, key_size, attention_size)`` computes Bahdanau's additive attention."""
+    gen = generator(seed)
+    module = cls(Dq, Dk, A).to(dtype)
+    loaded = _load_parameters(module, gen)
+    Wq, Wk, v = (
+        _require(loaded, name, "the attention module")
+        for name in ("W_query.weight", "W_key.weight", "v.weight")
+    )
+    query, keys = _randn(gen, B, Dq, dtype=dtype), _randn(gen, B, S, Dk, dtype=dtype)
+    values = _randn(gen, B, S, Dv, dtype=dtype)
+    lengths = _lengths(B, S)
+    mask = _mask(lengths, S)
+    scores = additive_scores(Wq, Wk, v, query, keys)  # (B, S)
+    weights = torch.softmax(scores, -1)
+    masked = _masked_softmax(scores, mask)
+    no_tanh = ((query.double() @ Wq.T)[:, None, :] + keys.double() @ Wk.T) @ v.reshape(-1)
+
+    def worked_example():
+        small = cls(2, 2, 2).double()
+        small.load_state_dict(
+            {
+                "W_query.weight": torch.eye(2, dtype=F64),
+                "W_key.weight": torch.eye(2, dtype=F64),
+                "v.weight": torch.ones(1, 2, dtype=F64),
+            }
+        )
+        q = torch.tensor([[0.7, 0.3]], dtype=F64)
+        k = torch.tensor([[[0.8, 0.2], [0.1, 0.9], [0.5, 0.5]]], dtype=F64)
+        by_hand = [math.tanh(0.7 + a) + math.tanh(0.3 + b) for a, b in k[0].tolist()]
+        expected = torch.softmax(torch.tensor([by_hand], dtype=F64), -1)
+        _, got = _call_attention(small, q, k, k, None)
+        expect_close(
+            got,
+            expected,
+            "the weights for query (0.7, 0.3) with W_q = W_k = I, v = (1, 1) "
+            f"(scores by hand: {', '.join(f'{s:.3f}' for s in by_hand)})",
+            {
+                "tanh is missing: the score is vᵀ tanh(W_q q + W_k k)": torch.softmax(
+                    (q[:, None, :] + k).sum(-1), -1
+                ),
+                "the scores were returned without the softmax": torch.tensor([by_hand]),
+                "the softmax was taken over the batch axis (dim 0), not over the keys "
+                "(dim=-1)": torch.ones(1, 3),
+            },
+        )
+
+    def matches_bahdanau():
+        before = {"query": query.clone(), "keys": keys.clone(), "values": values.clone()}
+        context, got = _call_attention(module, query, keys, values, None)
+        expect(
+            tuple(getattr(got, "shape", ())) != (S, B) or B == S,
+            f"weights have shape (S, B) = {(S, B)}, expected (B, S) = {(B, S)}",
+        )
+        expect_close(
+            got,
+            weights,
+            f"weights (B={B}, S={S}, no mask)",
+            {
+                "the softmax was taken over the batch axis (dim 0), not over the keys (dim=-1)": (
+                    torch.softmax(scores, 0)
+                ),
+                "tanh is missing: the score is vᵀ tanh(W_q q + W_k k)": torch.softmax(no_tanh, -1),
+                "the scores were returned without the softmax": scores,
+                "the scores were scaled by 1/sqrt(A) (additive attention has no scaling)": (
+                    torch.softmax(scores / math.sqrt(A), -1)
+                ),
+            },
+        )
+        sums = got.double().sum(-1)
+        expect(
+            torch.allclose(sums, torch.ones_like(sums), atol=1e-5),
+            "each row of weights must sum to 1 over the keys (dim=-1)",
+        )
+        expect(got.dtype == dtype, f"weights have dtype {got.dtype}, expected {dtype}")
+        expect(context.dtype == dtype, f"context has dtype {context.dtype}, expected {dtype}")
+        expect_unchanged(before, {"query": query, "keys": keys, "values": values})
+
+    def context_is_weighted_values():
+        context, _ = _call_attention(module, query, keys, values, None)
+        likely = {
+            "the values were summed without the weights": values.double().sum(1),
+            "the values were averaged without the weights": values.double().mean(1),
+        }
+        if Dk == Dv:
+            likely["the context averages the keys, not the values"] = torch.einsum(
+                "bs,bsd->bd", weights, keys.double()
+            )
+        expect_close(
+            context,
+            torch.einsum("bs,bsd->bd", weights, values.double()),
+            f"context (B, Dv) = {(B, Dv)}",
+            likely,
+        )
+
+    def padding_keys_get_zero_weight():
+        before = {"query": query.clone(), "keys": keys.clone(), "values": values.clone()}
+        before_mask = mask.clone()
+        context, got = _call_attention(module, query, keys, values, mask)
+        expect_shape(got, (B, S), "weights")
+        leaked = got.detach()[~mask]
+        if bool((leaked != 0).any()):
+            if bool((got.detach()[mask] == 0).all()):
+                raise CheckFailed(
+                    "padding keys get weight and real keys none: the mask looks inverted "
+                    "(True means may attend)"
+                )
+            raise CheckFailed(
+                "padding keys (mask False) get non-zero weight: fill their scores with -inf "
+                "before the softmax (scores.masked_fill(~mask, float('-inf')))"
+            )
+        expect_close(
+            got,
+            masked,
+            f"weights with valid lengths {lengths}",
+            {
+                "the mask was applied after the softmax (weights of real keys no longer "
+                "sum to 1): mask the scores, then take the softmax": weights * mask,
+            },
+        )
+        expect_close(
+            context,
+            torch.einsum("bs,bsd->bd", masked, values.double()),
+            f"context with valid lengths {lengths}",
+        )
+        expect(torch.equal(before_mask, mask), "mask was modified in place")
+        expect_unchanged(before, {"query": query, "keys": keys, "values": values})
+
+    def padded_positions_change_nothing():
+        noisy_keys, noisy_values = keys.clone(), values.clone()
+        noisy_keys[~mask] = 100.0
+        noisy_values[~mask] = -100.0
+        context, got = _call_attention(module, query, noisy_keys, noisy_values, mask)
+        expect_close(got, masked, "weights after changing the padded keys")
+        expect_close(
+            context,
+            torch.einsum("bs,bsd->bd", masked, values.double()),
+            "context after changing the padded keys and values (padding must not leak in)",
+        )
+
+    def row_without_keys():
+        empty = mask.clone()
+        empty[-1] = False  # the last row may attend to nothing
+        context, got = _call_attention(module, query, keys, values, empty)
+        expect(
+            bool(torch.isfinite(got).all()) and bool(torch.isfinite(context).all()),
+            "a row whose keys are all masked gives NaN (softmax of all -inf): return zero "
+            "weights and a zero context for such a row, as "
+            "F.scaled_dot_product_attention does (e.g. zero the masked weights after the softmax)",
+        )
+        expect(
+            bool((got[-1] == 0).all()) and bool((context[-1] == 0).all()),
+            "a row whose keys are all masked must get zero weights and a zero context "
+            f"(got weights {got[-1].tolist()})",
+        )
+        expect_close(got[:-1], masked[:-1], "the other rows' weights")
+
+    def differentiable():
+        q, k, val = (t.clone().requires_grad_(True) for t in (query, keys, values))
+        context, got = _call_attention(module, q, k, val, mask)
+        expect(
+            context.requires_grad and got.requires_grad,
+            "the context and weights do not require grad: compute them with the module's "
+            "layers and without torch.no_grad(), .detach() or .data, so training can learn",
+        )
+        (context.sum() + (got * torch.arange(S, dtype=dtype)).sum()).backward()
+        for name, t in (("query", q), ("keys", k), ("values", val)):
+            expect(
+                t.grad is not None and bool(t.grad.abs().sum() > 0),
+                f"no gradient flows back to the {name}: compute without torch.no_grad(), "
+                ".detach() or .data",
+            )
+
+    run(
+        "AdditiveAttention",
+        {
+            "the worked example: scores tanh(q + k) summed, then softmax": worked_example,
+            f"weights are softmax(vᵀ tanh(W_q q + W_k k)) over the keys ({dtype})": (
+                matches_bahdanau
+            ),
+            "the context is the weighted sum of the values": context_is_weighted_values,
+            "padding keys (mask False) get exactly zero weight": padding_keys_get_zero_weight,
+            "changing padded keys and values changes nothing": padded_positions_change_nothing,
+            "a row with no allowed key returns zeros, not NaN": row_without_keys,
+            "gradients flow back to the query, keys and values": differentiable,
+        },
+    )
+
+
+# ----------------------------------------------------------------------- the decoder's step
+
+
+class OracleAttention(nn.Module):
+    """Additive attention computed by hand in float64; it records how the decoder calls it.
+
+    It stands in for the decoder's ``self.attention``, so the step is graded on its own, and
+    it recognises a query of the wrong width (an encoder state) while the step runs.
+    """
+
+    def __init__(self, Dq: int, Dk: int, A: int):
+        super().__init__()
+        self.Dq, self.Dk = Dq, Dk
+        self.W_query = nn.Linear(Dq, A, bias=False)
+        self.W_key = nn.Linear(Dk, A, bias=False)
+        self.v = nn.Linear(A, 1, bias=False)
+        self.calls: list[dict] = []
+
+    def forward(self, query, keys, values, mask=None):
+        if not isinstance(query, torch.Tensor) or query.dim() != 2 or query.shape[-1] != self.Dq:
+            shape = tuple(query.shape) if isinstance(query, torch.Tensor) else type(query)
+            hint = (
+                ": that is the width of the encoder states — the query must be the previous "
+                "decoder state s_{t-1} (the `state` argument)"
+                if isinstance(query, torch.Tensor) and query.shape[-1] == self.Dk
+                else ""
+            )
+            raise CheckFailed(
+                f"the attention was called with a query of shape {shape}, expected the "
+                f"decoder state (B, D) with D={self.Dq}{hint}"
+            )
+        self.calls.append(
+            {
+                "query": query.detach().clone(),
+                "keys": keys.detach().clone(),
+                "values": values.detach().clone(),
+                "mask": None if mask is None else mask.clone(),
+            }
+        )
+        Wq, Wk, v = (p.double() for p in (self.W_query.weight, self.W_key.weight, self.v.weight))
+        weights = _masked_softmax(additive_scores(Wq, Wk, v, query, keys), mask)
+        context = torch.einsum("bs,bsd->bd", weights.to(values.dtype), values)
+        return context, weights.to(values.dtype)
+
+
+def _gru_cell(x, h, w_ih, w_hh, b_ih, b_hh) -> torch.Tensor:
+    """PyTorch's GRU cell, gate by gate (r, z, n stacked in that order)."""
+    gi = x @ w_ih.T + b_ih  # (B, 3D)
+    gh = h @ w_hh.T + b_hh
+    i_r, i_z, i_n = gi.chunk(3, -1)
+    h_r, h_z, h_n = gh.chunk(3, -1)
+    r = torch.sigmoid(i_r + h_r)
+    z = torch.sigmoid(i_z + h_z)
+    n = torch.tanh(i_n + r * h_n)
+    return (1 - z) * n + z * h
+
+
+def check_decoder_step(cls, B=2, S=5, V=7, E=3, Dk=6, D=4, A=5, dtype=torch.float32, seed=0):
+    """``cls(vocab_size, embed_size, memory_size, hidden_size, attention_size).step``."""
+    gen = generator(seed)
+    decoder = cls(V, E, Dk, D, A)
+    for name in ("embedding", "attention", "rnn", "combine", "out"):
+        expect(
+            hasattr(decoder, name),
+            f"the decoder has no layer {name!r}: keep the layers that __init__ creates "
+            "(the checks set their weights)",
+        )
+    decoder.attention = OracleAttention(D, Dk, A)
+    decoder = decoder.to(dtype)
+    p = _load_parameters(decoder, gen)
+    what = "the decoder"
+    emb = _require(p, "embedding.weight", what)
+    rnn = [_require(p, f"rnn.{n}", what) for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+    Wc, bc = (_require(p, f"combine.{n}", what) for n in ("weight", "bias"))
+    Wo, bo = (_require(p, f"out.{n}", what) for n in ("weight", "bias"))
+    Wq, Wk, v = (_require(p, f"attention.{n}.weight", what) for n in ("W_query", "W_key", "v"))
+
+    prev = torch.randint(3, V, (B,), generator=gen)
+    prev[0] = BOS_ID  # the first step of a sequence
+    state = _randn(gen, B, D, dtype=dtype)
+    memory = _randn(gen, B, S, Dk, dtype=dtype)
+    lengths = _lengths(B, S)
+    mask = _mask(lengths, S)
+
+    def attend(query, use_mask=True):
+        weights = _masked_softmax(
+            additive_scores(Wq, Wk, v, query, memory), mask if use_mask else None
+        )
+        return torch.einsum("bs,bsd->bd", weights, memory.double()), weights
+
+    x = emb[prev]  # (B, E)
+    s_prev = state.double()
+    context, alpha = attend(s_prev)
+    s_new = _gru_cell(torch.cat([x, context], -1), s_prev, *rnn)
+    logits = torch.tanh(torch.cat([context, s_new], -1) @ Wc.T + bc) @ Wo.T + bo
+    unmasked_context = attend(s_prev, use_mask=False)[0]
+    unmasked_state = _gru_cell(torch.cat([x, unmasked_context], -1), s_prev, *rnn)
+
+    def readout(ctx, s, tanh=True):
+        hidden = torch.cat([ctx, s], -1) @ Wc.T + bc
+        return (torch.tanh(hidden) if tanh else hidden) @ Wo.T + bo
+
+    def call(*args):
+        decoder.attention.calls = []
+        with _relayed():
+            result = decoder.step(*(args or (prev, state, memory, mask)))
+        expect(
+            isinstance(result, tuple) and len(result) == 3,
+            "step must return a tuple (logits, state, weights)",
+        )
+        return result
+
+    def shapes():
+        got_logits, got_state, got_weights = call()
+        expect_shape(got_logits, (B, V), "logits")
+        expect_shape(got_state, (B, D), "the new state")
+        expect_shape(got_weights, (B, S), "weights")
+
+    def attention_called_right():
+        call()
+        calls = decoder.attention.calls
+        expect(
+            len(calls) >= 1,
+            "step never called self.attention: compute the context with the attention "
+            "module (it is graded separately)",
+        )
+        for made in calls:
+            if torch.equal(made["query"], state):
+                continue
+            if made["query"].shape == s_new.shape and torch.allclose(
+                made["query"].double(), s_new, atol=1e-5
+            ):
+                raise CheckFailed(
+                    "the query is the new state s_t: attend with the previous state s_{t-1} "
+                    "(the `state` argument), before the GRU updates it"
+                )
+            raise CheckFailed(
+                "the attention's query is not the previous decoder state s_{t-1}: pass the "
+                "`state` argument as the query"
+            )
+        first = calls[0]
+        expect(
+            torch.equal(first["keys"], memory) and torch.equal(first["values"], memory),
+            "the attention's keys and values must both be the encoder states `memory`",
+        )
+        expect(
+            first["mask"] is not None,
+            "the padding mask was not passed to the attention: padded source positions "
+            "would get weight (pass `mask`)",
+        )
+        expect(torch.equal(first["mask"], mask), "the attention got a different mask")
+
+    def new_state():
+        before = {"state": state.clone(), "memory": memory.clone(), "prev": prev.clone()}
+        _, got, _ = call()
+        expect_close(
+            got,
+            s_new,
+            "the new state s_t = GRU([E y_{t-1}; a_t], s_{t-1})",
+            {
+                "the previous state was returned: return the GRU's new state s_t": s_prev,
+                "the GRU input was concatenated as [a_t; E y_{t-1}] instead of "
+                "[E y_{t-1}; a_t]": _gru_cell(torch.cat([context, x], -1), s_prev, *rnn),
+                "the padding mask was not passed to the attention": unmasked_state,
+            },
+        )
+        expect(got.dtype == dtype, f"the new state has dtype {got.dtype}, expected {dtype}")
+        expect_unchanged(before, {"state": state, "memory": memory, "prev": prev})
+
+    def output_layer():
+        got, _, _ = call()
+        expect_close(
+            got,
+            logits,
+            "logits = W_o tanh(W_c [a_t; s_t] + b_c) + b_o",
+            {
+                "tanh is missing in the output layer: tanh(W_c [a_t; s_t])": readout(
+                    context, s_new, tanh=False
+                ),
+                "the output layer concatenates [s_t; a_t] instead of [a_t; s_t]": (
+                    torch.tanh(torch.cat([s_new, context], -1) @ Wc.T + bc) @ Wo.T + bo
+                ),
+                "the output layer uses the previous state s_{t-1} instead of s_t": readout(
+                    context, s_prev
+                ),
+                "the combine layer W_c was skipped (logits = W_o s_t)": s_new @ Wo.T + bo,
+                "softmax probabilities were returned instead of logits": torch.softmax(logits, -1),
+                "the padding mask was not passed to the attention": readout(
+                    unmasked_context, unmasked_state
+                ),
+            },
+        )
+
+    def returns_attention_weights():
+        _, _, got = call()
+        expect_close(got, alpha, "weights (the attention distribution α_t over the source)")
+
+    def differentiable():
+        s0 = state.clone().requires_grad_(True)
+        got_logits, got_state, _ = call(prev, s0, memory, mask)
+        expect(
+            got_logits.requires_grad and got_state.requires_grad,
+            "the logits and the new state do not require grad: use the decoder's layers, "
+            "without torch.no_grad() or .detach(), so training can learn",
+        )
+        (got_logits.sum() + got_state.sum()).backward()
+        expect(
+            s0.grad is not None and bool(s0.grad.abs().sum() > 0),
+            "no gradient flows back to the previous state: backpropagation through time "
+            "needs it (do not detach the state)",
+        )
+
+    run(
+        "AttentionDecoder.step",
+        {
+            f"returns logits (B, V), state (B, D), weights (B, S) for B={B}, S={S}": shapes,
+            "attends with query s_{t-1}, keys = values = memory, and the mask": (
+                attention_called_right
+            ),
+            "the new state is GRU([E y_{t-1}; a_t], s_{t-1})": new_state,
+            "logits are W_o tanh(W_c [a_t; s_t])": output_layer,
+            "returns the attention weights α_t": returns_attention_weights,
+            "gradients flow back through the step": differentiable,
+        },
+    )
+
+
+# ----------------------------------------------------------------------- the sequence loss
+
+
+class ScriptedModel(nn.Module):
+    """A stand-in seq2seq model for the loss: its logits depend on each decoder input token
+    and position, so feeding the wrong tokens changes the loss. It checks its decoder input
+    against the target it was built for, and fails with the diagnosis if it is not
+    ``tgt[:, :-1]``."""
+
+    def __init__(self, tgt: torch.Tensor, V: int, gen: torch.Generator, dtype):
+        super().__init__()
+        self.tgt = tgt.clone()
+        self.by_token = nn.Parameter(_randn(gen, V, V, dtype=dtype) * 2)
+        self.by_position = nn.Parameter(_randn(gen, tgt.shape[1] + 1, V, dtype=dtype))
+        self.n_calls = 0
+
+    def forward(self, src, src_lens, tgt_in):
+        self.n_calls += 1
+        if self.n_calls > 1:
+            raise CheckFailed("the model was called more than once: one call gives every step")
+        if not isinstance(tgt_in, torch.Tensor) or tgt_in.dim() != 2:
+            raise CheckFailed("the model must be called as model(src, src_lens, decoder_input)")
+        tgt = self.tgt
+        if tgt_in.shape == tgt[:, 1:].shape and torch.equal(tgt_in, tgt[:, 1:]):
+            raise CheckFailed(
+                "teacher-forcing shift off by one: the decoder reads tgt[:, 1:], the very "
+                "tokens it must predict. It reads tgt[:, :-1] (BOS first) and predicts "
+                "tgt[:, 1:]"
+            )
+        if tgt_in.shape == tgt.shape and torch.equal(tgt_in, tgt):
+            raise CheckFailed(
+                "the decoder was given the whole target: it reads tgt[:, :-1] (BOS first, "
+                "the last token dropped) and predicts tgt[:, 1:]"
+            )
+        if tgt_in.shape != tgt[:, :-1].shape or not torch.equal(tgt_in, tgt[:, :-1]):
+            raise CheckFailed("the decoder input must be tgt[:, :-1]: BOS, y_1, …, y_{L-1}")
+        return self.logits(tgt_in)
+
+    def logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.by_token[tokens] + self.by_position[: tokens.shape[1]]  # (B, L, V)
+
+
+def _targets(gen, lengths: Sequence[int], V: int, pad_id: int, special: set[int]):
+    """BOS y1..yn EOS then pad_id: rows of ``lengths`` tokens (BOS and EOS included)."""
+    ordinary = torch.tensor([i for i in range(V) if i not in special])
+    tgt = torch.full((len(lengths), max(lengths)), pad_id, dtype=torch.long)
+    for b, n in enumerate(lengths):
+        tgt[b, 0] = BOS_ID
+        tgt[b, 1 : n - 1] = ordinary[torch.randint(len(ordinary), (n - 2,), generator=gen)]
+        tgt[b, n - 1] = EOS_ID
+    return tgt
+
+
+def check_sequence_loss(fn, B=3, L=6, V=9, S=4, pad_id=PAD_ID, dtype=torch.float32, seed=0):
+    """``fn(model, src, src_lens, tgt, pad_id)``: teacher-forced token-mean cross-entropy."""
+    gen = generator(seed)
+    lengths = [L + 1] + [max(3, L + 1 - 2 * b) for b in range(1, B)]  # BOS ... EOS per row
+    tgt = _targets(gen, lengths, V, pad_id, {PAD_ID, BOS_ID, EOS_ID, pad_id})  # (B, L + 1)
+    src = torch.randint(3, V, (B, S), generator=gen)
+    src_lens = torch.tensor(_lengths(B, S))
+    model = ScriptedModel(tgt, V, gen, dtype)
+
+    def logits_for(tokens):
+        with torch.no_grad():
+            return model.logits(tokens).double()
+
+    def ce(logits, labels, ignore=True):
+        flat = logits.reshape(-1, logits.shape[-1])
+        if ignore:
+            return F.cross_entropy(flat, labels.reshape(-1), ignore_index=pad_id)
+        return F.cross_entropy(flat, labels.reshape(-1))
+
+    inputs, labels = tgt[:, :-1], tgt[:, 1:]  # (B, L) each
+    expected = ce(logits_for(inputs), labels)
+    per_token = F.cross_entropy(
+        logits_for(inputs).reshape(-1, V), labels.reshape(-1), reduction="none"
+    ).reshape(B, L)
+    real = labels != pad_id
+    per_sequence = ((per_token * real).sum(1) / real.sum(1)).mean()
+
+    def call():
+        model.n_calls = 0
+        with _relayed():
+            got = fn(model, src, src_lens, tgt, pad_id=pad_id)
+        expect(
+            not isinstance(got, float | int),
+            "the loss is a Python number: return the tensor (not .item()), so training "
+            "can backpropagate through it",
+        )
+        return as_tensor(got, "the loss")
+
+    def decoder_reads_shifted_targets():
+        call()  # the stand-in model checks its input itself
+
+    def matches_cross_entropy():
+        before = {"tgt": tgt.clone(), "src": src.clone(), "src_lens": src_lens.clone()}
+        got = call()
+        expect(got.dim() == 0, f"the loss must be a scalar tensor, got shape {tuple(got.shape)}")
+        expect_close(
+            got,
+            expected,
+            f"the loss (valid target lengths {[n - 1 for n in lengths]} after BOS)",
+            {
+                "padding was counted: pass ignore_index=pad_id so PAD targets cost nothing": ce(
+                    logits_for(inputs), labels, ignore=False
+                ),
+                "teacher-forcing shift off by one: the labels are tgt[:, :-1] (each step "
+                "predicts the token it was just given), they must be tgt[:, 1:]": ce(
+                    logits_for(inputs), inputs
+                ),
+                "the losses were summed, not averaged over the real tokens": per_token[real].sum(),
+                "the loss averages per-sequence means: average over all real tokens instead": (
+                    per_sequence
+                ),
+            },
+            atol=1e-4,
+        )
+        expect_unchanged(before, {"tgt": tgt, "src": src, "src_lens": src_lens})
+
+    def backpropagates():
+        got = call()
+        expect(
+            got.requires_grad,
+            "the loss does not require grad: do not detach it, or training cannot backpropagate",
+        )
+        got.backward()
+
+    def padding_costs_nothing():
+        got_before = call().detach()
+        # A PAD input token is only ever fed at steps whose label is PAD too: changing its
+        # logits changes the predictions at padded steps only.
+        with torch.no_grad():
+            model.by_token[pad_id] += 5.0
+        try:
+            got_after = call().detach()
+        finally:
+            with torch.no_grad():
+                model.by_token[pad_id] -= 5.0
+        expect(
+            torch.allclose(got_before.double(), got_after.double(), atol=1e-5),
+            "the loss changed when only the predictions at padded positions changed: "
+            "padding must not count (ignore_index=pad_id)",
+        )
+
+    run(
+        "sequence_loss",
+        {
+            "the decoder reads tgt[:, :-1], BOS first": decoder_reads_shifted_targets,
+            "equals F.cross_entropy over tgt[:, 1:] with ignore_index=pad_id": (
+                matches_cross_entropy
+            ),
+            "returns a scalar that backpropagates": backpropagates,
+            "predictions at padded positions cost nothing": padding_costs_nothing,
+        },
+    )
+
+
+# ----------------------------------------------------------------------- greedy decoding
+
+
+class ScriptedDecoder:
+    """A stand-in model for greedy decoding: step t of row b emits ``plans[b][t]``, whatever
+    it is fed, and checks on the spot what it is fed.
+
+    A row keeps emitting ordinary tokens after its EOS, so a decoder that ignores EOS is
+    caught by its output. The state is a step counter, so a state not passed on is caught; and
+    it refuses to run more than ``limit`` steps.
+    """
+
+    def __init__(self, plans, eos_steps, V, S, limit, bos_id, gen):
+        self.plans, self.eos_steps, self.V, self.limit = plans, eos_steps, V, limit
+        self.bos_id = bos_id
+        self.B = len(plans)
+        self.memory = torch.randn(self.B, S, 5, generator=gen)
+        self.mask = torch.ones(self.B, S, dtype=torch.bool)
+        self.weights = torch.softmax(torch.randn(limit, self.B, S, generator=gen), -1)
+        self.encoded = 0
+        self.steps = 0
+
+    @property
+    def decoder(self):
+        raise CheckFailed(
+            "call model.step(prev, state, memory, mask), not model.decoder.step: "
+            "greedy_decode works with any model that has encode and step"
+        )
+
+    def encode(self, src, src_lens):
+        self.encoded += 1
+        if self.encoded > 1:
+            raise CheckFailed("model.encode was called more than once: encode once, then loop")
+        return self.memory, torch.zeros(self.B, 1), self.mask
+
+    def step(self, prev, state, memory, mask):
+        t = self.steps
+        if t >= self.limit:
+            raise CheckFailed(
+                f"decoding ran past max_len: step was called more than {self.limit} times"
+            )
+        if self.encoded != 1:
+            raise CheckFailed("call model.encode(src, src_lens) once, before the first step")
+        if not isinstance(prev, torch.Tensor) or tuple(prev.shape) != (self.B,):
+            shape = tuple(prev.shape) if isinstance(prev, torch.Tensor) else type(prev).__name__
+            raise CheckFailed(f"step got prev of shape {shape}, expected one token per row (B,)")
+        if not (isinstance(state, torch.Tensor) and bool((state == t).all())):
+            raise CheckFailed(
+                f"at step {t} the model got a state that is not the one the previous step "
+                "returned: pass each step's new state to the next step"
+            )
+        if not (torch.equal(memory, self.memory) and torch.equal(mask, self.mask)):
+            raise CheckFailed("pass the memory and mask that model.encode returned to every step")
+        for b in range(self.B):
+            fed = int(prev[b])
+            if t == 0 and fed != self.bos_id:
+                raise CheckFailed(
+                    f"the first decoder input must be bos_id={self.bos_id} for every row, "
+                    f"got {prev.tolist()}"
+                )
+            running = self.eos_steps[b] is None or self.eos_steps[b] >= t
+            if t > 0 and running and fed != self.plans[b][t - 1]:
+                raise CheckFailed(
+                    f"at step {t} row {b} was fed token {fed}, but the previous step's most "
+                    f"likely token was {self.plans[b][t - 1]}: feed back the argmax of the "
+                    "logits (greedy decoding)"
+                )
+        logits = torch.zeros(self.B, self.V)
+        for b, plan in enumerate(self.plans):
+            logits[b, plan[t]] = 5.0
+        logits[:, 3] = 1.0  # a runner-up, so the argmax is what matters, not the max value
+        self.steps += 1
+        return logits, state + 1, self.weights[t]
+
+
+def check_greedy_decode(
+    fn, B=3, S=4, V=10, max_len=7, bos_id=BOS_ID, eos_id=EOS_ID, pad_id=PAD_ID, seed=0
+) -> None:
+    """``fn(model, src, src_lens, max_len, bos_id, eos_id, pad_id) -> (tokens, weights)``."""
+    gen = generator(seed)
+    specials = {bos_id, eos_id, pad_id, 3}
+    ordinary = [i for i in range(4, V) if i not in specials]
+    src = torch.randint(4, V, (B, S), generator=gen)
+    src_lens = torch.tensor(_lengths(B, S))
+    # Row b emits EOS at step finishing[b]; every row finishes before max_len ...
+    finishing = ([1, max_len - 3, 3] + [2] * B)[:B]
+    # ... or row 1 never emits EOS.
+    never = ([2, None] + [1] * B)[:B]
+
+    def decode(eos_steps, limit):
+        plans = []
+        for e in eos_steps:
+            picks = torch.randint(len(ordinary), (max_len + 3,), generator=gen).tolist()
+            plan = [ordinary[i] for i in picks]
+            if e is not None:
+                plan[e] = eos_id
+            plans.append(plan)
+        model = ScriptedDecoder(plans, eos_steps, V, S, limit, bos_id, gen)
+        with _relayed():
+            result = fn(model, src, src_lens, max_len, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id)
+        expect(
+            isinstance(result, tuple) and len(result) == 2,
+            "greedy_decode must return a tuple (tokens, weights)",
+        )
+        tokens = as_tensor(result[0], "tokens")
+        expect(tokens.dtype == torch.long, f"tokens have dtype {tokens.dtype}, expected long")
+        return model, plans, tokens, as_tensor(result[1], "weights")
+
+    def expected_tokens(plans, eos_steps, T):
+        out = torch.full((B, T), pad_id, dtype=torch.long)
+        for b, (plan, e) in enumerate(zip(plans, eos_steps, strict=True)):
+            n = T if e is None else min(T, e + 1)
+            out[b, :n] = torch.tensor(plan[:n])
+        return out
+
+    def feeds_itself():
+        decode(finishing, max_len)  # the stand-in checks BOS, argmax feedback and the state
+
+    def stops_at_eos():
+        model, plans, tokens, weights = decode(finishing, max_len)
+        T = max(finishing) + 1
+        want = expected_tokens(plans, finishing, T)
+        raw = torch.tensor([plan[: tokens.shape[1]] for plan in plans])
+        if tokens.shape == raw.shape and torch.equal(tokens, raw) and tokens.shape[1] > T:
+            raise CheckFailed(
+                "decoding ignores EOS: rows go on after emitting EOS and the loop runs to "
+                "max_len. After a row's EOS write pad_id, and stop once every row has finished"
+            )
+        expect(
+            tokens.shape[1] <= max_len,
+            f"tokens have {tokens.shape[1]} steps, more than max_len={max_len}",
+        )
+        if tokens.shape == want.shape and not torch.equal(tokens, want):
+            raise CheckFailed(
+                f"tokens should be {want.tolist()} (each row up to its EOS, then "
+                f"pad_id={pad_id}); got {tokens.tolist()}"
+            )
+        expect(
+            tokens.shape == want.shape,
+            f"every row has emitted EOS after {T} steps, so tokens should have shape "
+            f"{tuple(want.shape)}; got {tuple(tokens.shape)}: stop as soon as every row has "
+            "finished",
+        )
+        expect_close(
+            weights,
+            model.weights[:T].transpose(0, 1),
+            f"weights: each step's weights stacked on dim 1, shape (B, T, S) = {(B, T, S)}",
+        )
+
+    def never_past_max_len():
+        try:
+            _, plans, tokens, _ = decode(never, max_len)
+        except CheckFailed as failure:
+            if "ran past max_len" in str(failure):
+                raise CheckFailed(
+                    f"decoding ran past max_len={max_len} when a row never emits EOS: "
+                    "loop at most max_len times (for _ in range(max_len))"
+                ) from None
+            raise
+        expect(
+            tokens.shape == (B, max_len),
+            f"a row never emits EOS, so tokens should have shape {(B, max_len)} "
+            f"(exactly max_len steps); got {tuple(tokens.shape)}",
+        )
+        want = expected_tokens(plans, never, max_len)
+        expect(
+            torch.equal(tokens, want),
+            f"tokens should be {want.tolist()}, got {tokens.tolist()}",
+        )
+
+    run(
+        "greedy_decode",
+        {
+            f"starts from bos_id={bos_id}, feeds back each argmax, passes the state on": (
+                feeds_itself
+            ),
+            "rows hold pad_id after their EOS; decoding stops once all have finished": (
+                stops_at_eos
+            ),
+            f"never more than max_len={max_len} steps": never_past_max_len,
+        },
+    )
