@@ -418,6 +418,8 @@ def translate(model, task, text: str, max_len: int = 30):
     src = torch.tensor([task.src_vocab.encode(source)], device=device)  # (1, S)
     src_lens = torch.tensor([src.shape[1]], device=device)
     tokens, weights = greedy_decode(model, src, src_lens, max_len)  # (1, T), (1, T, S)
-    words = task.tgt_vocab.decode(tokens[0])
-    shown = words + (["<eos>"] if len(words) < tokens.shape[1] else [])
-    return task.join_target.join(words), source, shown, weights[0, : len(shown)].cpu()
+    ids = tokens[0].tolist()
+    n = ids.index(EOS_ID) + 1 if EOS_ID in ids else len(ids)  # up to and with EOS
+    shown = [task.tgt_vocab.itos[i] for i in ids[:n]]
+    text = task.join_target.join(task.tgt_vocab.decode(ids))
+    return text, source, shown, weights[0, :n].cpu()  # weights (n, S)

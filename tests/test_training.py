@@ -47,14 +47,14 @@ def test_a_tiny_run_overfits(tiny):
     history = run(
         model,
         examples,
-        epochs=40,
+        epochs=80,
         evaluate=lambda m: {"exact": exact_match(m, examples, MAX_LEN).float().mean().item()},
         stop_when=lambda metrics: metrics["exact"] == 1.0,
     )
     assert history[0].train_loss > 1.5  # about ln(15) at the start
     assert history[-1]["exact"] == 1.0, [r["exact"] for r in history]
     assert history[-1].train_loss < 0.2
-    assert len(history) < 40  # stopped early, at the target
+    assert len(history) < 80  # stopped early, at the target
     assert all(r.tokens_per_second > 0 for r in history)
     src, tgt = examples[0]
     tokens, weights = greedy_decode(model, torch.tensor([src]), torch.tensor([len(src)]), MAX_LEN)
@@ -125,3 +125,40 @@ def test_device_helpers():
     assert training.to_device((batch, {"x": torch.ones(1)}), "cpu")[1]["x"].device.type == "cpu"
     assert training.count_tokens(batch) == 2
     assert training.count_tokens(torch.ones(3)) == 0
+
+
+def test_sequence_loss_is_the_shifted_cross_entropy_without_padding(tiny):
+    task, examples = tiny
+    model = make_model(task)
+    batch = data.collate(examples[:5])
+    with torch.no_grad():
+        logits = model(batch.src, batch.src_lens, batch.tgt[:, :-1])  # (B, L, V)
+        loss = sequence_loss(model, batch.src, batch.src_lens, batch.tgt)
+    labels = batch.tgt[:, 1:]
+    log_probs = torch.log_softmax(logits, -1).gather(-1, labels[..., None])[..., 0]
+    real = labels != data.PAD_ID
+    assert int(real.sum()) == batch.num_target_tokens
+    assert torch.allclose(loss, -(log_probs * real).sum() / real.sum(), atol=1e-6)
+
+
+def test_exact_match_needs_the_whole_target_and_its_eos():
+    class Fixed(torch.nn.Module):
+        """Emits ``ids`` whatever the input: a model whose predictions we choose."""
+
+        def __init__(self, ids):
+            super().__init__()
+            self.ids, self.weight = ids, torch.nn.Parameter(torch.zeros(1))
+
+        def encode(self, src, src_lens):
+            return src[:, :, None].float(), torch.zeros(src.shape[0], 1), src != 0
+
+        def step(self, prev, state, memory, mask):
+            logits = torch.zeros(prev.shape[0], 8)
+            logits[:, self.ids[int(state[0])]] = 1.0
+            return logits, state + 1, mask.float()
+
+    examples = [([5, 6], [1, 4, 5, 2])]  # target: 4 5 EOS
+    assert exact_match(Fixed([4, 5, 2]), examples, max_len=5).tolist() == [True]
+    assert exact_match(Fixed([4, 5, 6, 2]), examples, max_len=5).tolist() == [False]
+    assert exact_match(Fixed([4, 5, 5, 5, 5]), examples, max_len=3).tolist() == [False]
+    assert exact_match(Fixed([4, 2]), examples, max_len=5).tolist() == [False]
