@@ -118,10 +118,10 @@ def fingerprint(course, assignment: str, student: str, sources, common: str, opt
 
 
 class Judge:
-    """One judge process (one worker slot)."""
+    """One judge process (one worker slot); its sandboxes run as user ``uid``."""
 
-    def __init__(self, slot: int, course_root: Path, log_dir: Path):
-        self.slot = slot
+    def __init__(self, slot: int, uid: int, course_root: Path, log_dir: Path):
+        self.slot, self.uid = slot, uid
         self.log = open(log_dir / f"judge-{slot}.log", "ab")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "autograde.trusted.judge", str(course_root)],
@@ -131,9 +131,14 @@ class Judge:
             stderr=self.log,
         )
         self.buffer = b""
-        ready = self._read_line(time.monotonic() + 300)
-        if not ready or not json.loads(ready).get("ready"):
-            raise RuntimeError(f"judge {slot} did not start; see {self.log.name}")
+        self.ready = False
+
+    def wait_ready(self) -> None:
+        line = self._read_line(time.monotonic() + 300)
+        if not line or not json.loads(line).get("ready"):
+            self.process.kill()
+            raise RuntimeError(f"judge {self.slot} did not start; see {self.log.name}")
+        self.ready = True
 
     def _read_line(self, deadline: float) -> bytes | None:
         fd = self.process.stdout.fileno()
@@ -151,7 +156,9 @@ class Judge:
         return line
 
     def grade(self, job: dict, limit: float) -> dict:
-        job = {**job, "slot": self.slot}
+        if not self.ready:
+            self.wait_ready()
+        job = {**job, "slot": self.slot, "uid": self.uid}
         try:
             self.process.stdin.write(json.dumps(job).encode() + b"\n")
             self.process.stdin.flush()
@@ -169,6 +176,8 @@ class Judge:
         return self.process.poll() is None
 
     def stop(self) -> None:
+        if self.log.closed:
+            return
         if self.process.poll() is None:
             try:
                 self.process.stdin.close()
@@ -177,6 +186,47 @@ class Judge:
                 self.process.kill()
                 self.process.wait()
         self.log.close()
+
+
+_UID_LOCKS: dict[int, int] = {}
+
+
+def allocate_uids(n: int) -> list[int]:
+    """``n`` user ids for sandboxes that no other grading run on this machine is using.
+
+    Process limits count per user: two runs (or two slots) sharing a uid would share the
+    limit, and one student's fork bomb could starve another's sandbox. Each uid is held by an
+    exclusive lock on a file, released when this process exits, however it exits.
+    """
+    import fcntl
+
+    if os.geteuid() != 0:
+        return [os.getuid()] * n
+    folder = Path(tempfile.gettempdir()) / "autograde-sandbox-uids"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    uids = []
+    for offset in range(4096):
+        if len(uids) == n:
+            break
+        fd = os.open(folder / f"uid-{offset}", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        uid = sandbox.UID_BASE + offset
+        _UID_LOCKS[uid] = fd
+        uids.append(uid)
+    if len(uids) < n:
+        raise RuntimeError("no free user ids for sandboxes")
+    return uids
+
+
+def release_uids(uids: list[int]) -> None:
+    for uid in uids:
+        fd = _UID_LOCKS.pop(uid, None)
+        if fd is not None:
+            os.close(fd)
 
 
 def _error_result(job: dict, reason: str) -> dict:
@@ -196,24 +246,27 @@ class JudgePool:
 
     def __init__(self, workers: int, course_root: Path, log_dir: Path):
         self.course_root, self.log_dir = course_root, log_dir
-        self.judges: dict[int, Judge | Exception] = {}
+        self.uids = allocate_uids(workers)
+        # Started from this thread: a judge dies with the thread that started it (PDEATHSIG).
+        self.judges = [Judge(slot, uid, course_root, log_dir) for slot, uid in enumerate(self.uids)]
         self.starting = [
-            threading.Thread(target=self._start, args=(slot,), daemon=True)
-            for slot in range(workers)
+            threading.Thread(target=self._wait, args=(judge,), daemon=True) for judge in self.judges
         ]
         for thread in self.starting:
             thread.start()
 
-    def _start(self, slot: int) -> None:
+    @staticmethod
+    def _wait(judge: Judge) -> None:
         try:
-            self.judges[slot] = Judge(slot, self.course_root, self.log_dir)
-        except Exception as error:  # noqa: BLE001 - retried when the slot gets a job
-            self.judges[slot] = error
+            judge.wait_ready()
+        except Exception:  # noqa: BLE001 - a new judge is started when the slot gets a job
+            pass
 
     def judge(self, slot: int) -> Judge:
-        judge = self.judges.get(slot)
-        if not isinstance(judge, Judge) or not judge.alive():
-            judge = self.judges[slot] = Judge(slot, self.course_root, self.log_dir)
+        judge = self.judges[slot]
+        if not judge.alive():
+            judge.stop()
+            judge = self.judges[slot] = Judge(slot, judge.uid, self.course_root, self.log_dir)
         return judge
 
     def run(self, jobs: list[dict], options: Options, on_result) -> None:
@@ -251,11 +304,14 @@ class JudgePool:
             thread.join()
 
     def stop(self) -> None:
+        for judge in self.judges:
+            if not judge.ready:
+                judge.process.kill()
+        for judge in self.judges:
+            judge.stop()
         for thread in self.starting:
             thread.join()
-        for judge in self.judges.values():
-            if isinstance(judge, Judge):
-                judge.stop()
+        release_uids(self.uids)
 
 
 def worst(statuses) -> str:
@@ -291,6 +347,8 @@ def finalize(course, assignment, result, fp, max_points, releases) -> dict:
             "status": nb["status"],
             "reason": nb.get("reason", ""),
             "events": nb.get("events", []),
+            "sandbox_uid": nb.get("sandbox_uid"),
+            "seconds": nb.get("seconds"),
             "scores": scores,
             "max_points": points,
             "cells": nb.get("cells", []),

@@ -104,7 +104,7 @@ class Runner:
 
         limits = Limits(**job["limits"])
         self.config = SandboxConfig(Path(job["grading_dir"]), limits, job["sandbox"])
-        self.slot = job["slot"]
+        self.uid = job["uid"]
         self.stubbed = frozenset(tuple(p) for p in job["stubbed"])
         self.timeout = float(job["timeout"])
         self.deadline = time.monotonic() + float(job["notebook_timeout"])
@@ -136,7 +136,7 @@ class Runner:
         if self.session is not None:
             self.session.close()
         self.generation += 1
-        process = WorkerProcess(self.config, self.slot)
+        process = WorkerProcess(self.config, self.uid)
         session = Session(process, self.stubbed, self.generation)
         session.deadline = min(time.monotonic() + max(120.0, self.timeout), self.deadline)
         try:
@@ -342,6 +342,7 @@ def grade_notebook(job: dict, spec: dict) -> dict:
     except notebooks.InvalidNotebook as invalid:
         return {"status": "invalid", "reason": str(invalid), "cells": [], "notebook": None}
     steps = notebooks.plan(sources, submitted)
+    started = time.monotonic()
     runner = Runner(job)
     carry: dict = {}
     cells: list[dict] = []
@@ -380,6 +381,8 @@ def grade_notebook(job: dict, spec: dict) -> dict:
     return {
         "status": status,
         "reason": reason,
+        "sandbox_uid": job["uid"],
+        "seconds": round(time.monotonic() - started, 2),
         "events": runner.events,
         "cells": tests,
         "notebook": autograded,
@@ -407,7 +410,23 @@ def grade(job: dict) -> dict:
     return {"student": job["student"], "assignment": job["assignment"], "notebooks": results}
 
 
+def _die_with_parent() -> None:
+    """Exit when the batch that started this judge dies (its sandboxes follow, by bwrap's
+    --die-with-parent), so a killed run leaves nothing behind."""
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:
+        os._exit(1)
+
+
 def main() -> None:
+    _die_with_parent()
     protocol = os.fdopen(os.dup(1), "w", buffering=1)
     sys.stdout = sys.stderr  # nothing but answers goes to the batch on fd 1
     course = Path(sys.argv[1]) if len(sys.argv) > 1 else Path.cwd()

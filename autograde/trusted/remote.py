@@ -234,10 +234,10 @@ class Session:
 
     def _fail(self, reason: str, timed_out: bool = False) -> WorkerLost:
         if self.lost is None:
-            if not self.process.alive() and not timed_out:
-                reason = self.process.exit_description()
-            elif self.process.killed_for:
+            if self.process.killed_for:  # the memory watchdog got there first
                 reason = self.process.killed_for
+            elif not timed_out and self.process.wait(2) is not None:
+                reason = self.process.exit_description()
             self.lost = WorkerLost(reason, timed_out)
             self.process.kill(reason)
         return self.lost

@@ -36,7 +36,7 @@ INSTALL_HINT = (
     "`apt-get install bubblewrap` (Debian/Ubuntu) or `dnf install bubblewrap` (Fedora), or, "
     "only for code you trust, pass --no-sandbox."
 )
-UID_BASE = 2_000_000  # sandboxed code runs as UID_BASE + slot when the grader is root
+UID_BASE = 2_000_000  # sandboxed code runs as its own uid above this when the grader is root
 BOOT = (
     "import sys; sys.path.insert(0, sys.argv[sys.argv.index('--lib') + 1]); "
     "from _grader import worker; worker.main()"
@@ -99,7 +99,7 @@ def _python_roots(python: str) -> list[Path]:
     return sorted(r for r in roots if r != usr and usr not in r.parents and r != Path("/"))
 
 
-def bwrap_argv(config: SandboxConfig, slot: int) -> list[str]:
+def bwrap_argv(config: SandboxConfig, uid: int) -> list[str]:
     """The full command line: bubblewrap, its mounts, then the worker."""
     argv = [find_bwrap() or "bwrap", *_namespace_args()]
     if os.geteuid() == 0:
@@ -133,7 +133,6 @@ def bwrap_argv(config: SandboxConfig, slot: int) -> list[str]:
     argv += ["--chdir", "/tmp", "--", config.python, "-I", "-B", "-c", BOOT]
     argv += ["--lib", "/grader", "--mplcache", "/grader/mplcache", "--scratch", "/tmp/work"]
     if os.geteuid() == 0:
-        uid = UID_BASE + slot
         argv += ["--uid", str(uid), "--gid", str(uid)]
     return argv
 
@@ -159,8 +158,8 @@ def worker_env(scratch: str) -> dict[str, str]:
 class WorkerProcess:
     """A running worker: the pipes to talk to it, and the means to kill everything it started."""
 
-    def __init__(self, config: SandboxConfig, slot: int):
-        self.config, self.slot = config, slot
+    def __init__(self, config: SandboxConfig, uid: int):
+        self.config, self.uid = config, uid
         self.killed_for: str | None = None
         self.stderr_tail: deque[bytes] = deque(maxlen=64)
         self._dead = threading.Event()
@@ -168,7 +167,7 @@ class WorkerProcess:
         self.reply_r, reply_w = os.pipe()
         os.set_blocking(self.cmd_w, False)
         if config.sandbox:
-            argv = bwrap_argv(config, slot)
+            argv = bwrap_argv(config, uid)
             env = worker_env("/tmp/work")
             cwd = "/"
         else:
@@ -230,13 +229,20 @@ class WorkerProcess:
     def _watch_memory(self) -> None:
         while not self._dead.wait(0.2):
             pids = _descendants(self.process.pid)
-            total = sum(_rss(pid) for pid in pids)
+            total = sum(_memory(pid) for pid in pids)
             if total > self.config.limits.memory:
                 self.kill(f"memory limit: {total >> 20} MiB resident")
                 return
 
     def alive(self) -> bool:
         return self.process.poll() is None
+
+    def wait(self, seconds: float) -> int | None:
+        """The exit status, waiting up to ``seconds`` for it; None if still running."""
+        try:
+            return self.process.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            return None
 
     def kill(self, reason: str | None = None) -> None:
         """Kill the sandbox and everything in it; wait until it is gone."""
@@ -327,6 +333,19 @@ def _descendants_alive(pids: list[int]) -> bool:
         if state != b"Z":
             return True
     return False
+
+
+def _memory(pid: int) -> int:
+    """The process's proportional share of resident memory (shared pages split among their
+    users), so that forked children sharing the parent's torch are not counted many times."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+            for line in f:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return _rss(pid)
 
 
 def _rss(pid: int) -> int:

@@ -1,0 +1,647 @@
+"""The trusted grading command (``python -m autograde``): every guarantee of issue 4 is shown
+by a fixture submission, built here from the chapter's source and release notebooks.
+
+The hostile fixtures sit in one batch, graded on two workers next to honest submissions:
+tampering, snooping, delegating to course_lib, infinite loops, memory and fork bombs, exits,
+protocol garbage, deleted and edited test cells, broken and missing notebooks. Each must cost
+that submission at most its own points, with the right status, and change nothing for the
+others. Honest submissions must score exactly what plain ``nbgrader autograde`` gives them.
+
+These tests need bubblewrap (``.ci/run`` installs it). Where it cannot create namespaces,
+they fail and say why, rather than pass without a sandbox.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from autograde.trusted import batch, notebooks, sandbox, stubs, synthetic, wire
+from autograde.trusted import feedback as feedback_mod
+from tools.chapters import ROOT, load_all
+from tools.sync import venv_env
+
+AUTOGRADE = ROOT / "autograde"
+CH1 = "01-queries-keys-values"
+CHAPTERS = [ch.name for ch in load_all()]
+FAST_LIMITS = ["--timeout", "6", "--notebook-timeout", "90", "--memory", "1536"]
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def make_course(tmp: Path, chapters: list[str]) -> Path:
+    """A scratch nbgrader course with these chapters (source, release, hidden checks)."""
+    course = tmp / "course"
+    course.mkdir(parents=True)
+    shutil.copy(AUTOGRADE / "nbgrader_config.py", course)
+    shutil.copytree(
+        AUTOGRADE / "hidden_checks",
+        course / "hidden_checks",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    for name in chapters:
+        for step in ("source", "release"):
+            shutil.copytree(AUTOGRADE / step / name, course / step / name)
+    return course
+
+
+def notebooks_of(name: str) -> tuple[dict, dict]:
+    source = synthetic.load(AUTOGRADE / "source" / name / f"{name}.ipynb")
+    release = synthetic.load(AUTOGRADE / "release" / name / f"{name}.ipynb")
+    return source, release
+
+
+def grade(course: Path, assignment: str, *args: str, timeout: int = 600):
+    cmd = [sys.executable, "-m", "autograde", "grade", assignment, "--course", str(course)]
+    return subprocess.run(
+        [*cmd, *args], cwd=ROOT, env=venv_env(), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def results(course: Path, assignment: str) -> dict[str, dict]:
+    """student -> the result file the command wrote."""
+    out = {}
+    for path in (course / "autograded").glob(f"*/{assignment}/{batch.RESULT_FILE}"):
+        out[path.parent.parent.name] = json.loads(path.read_text())
+    return out
+
+
+def scores(record: dict, name: str) -> dict[str, float]:
+    return record["notebooks"][name]["scores"]
+
+
+def nbgrader(course: Path, *args: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "nbgrader", *args],
+        cwd=course,
+        env=venv_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def gradebook_scores(course: Path, assignment: str) -> dict[str, dict[str, float]]:
+    """student -> grade cell -> auto score, read back from the nbgrader gradebook."""
+    from nbgrader.api import Gradebook
+
+    out: dict[str, dict[str, float]] = {}
+    with Gradebook(f"sqlite:///{course}/gradebook.db", "attention-course") as gb:
+        for submission in gb.find_assignment(assignment).submissions:
+            for nb in submission.notebooks:
+                for g in nb.grades:
+                    out.setdefault(submission.student.id, {})[g.name] = g.auto_score
+    return out
+
+
+def export(course: Path) -> list[dict]:
+    nbgrader(course, "export", "--to", str(course / "grades.csv"))
+    with open(course / "grades.csv") as f:
+        return sorted(csv.DictReader(f), key=lambda r: r["student_id"])
+
+
+@pytest.fixture(scope="session")
+def bwrap_works():
+    problem = sandbox.probe()
+    if problem:
+        pytest.fail(
+            f"The trusted grader's sandbox is unavailable on this machine: {problem}",
+            pytrace=False,
+        )
+
+
+# ------------------------------------------------------------------ honest submissions
+
+WRONG_SOFTMAX = """
+def softmax(scores, dim=-1):
+    e = (scores - scores.max()).exp()
+    return e / e.sum(dim=0, keepdim=True)
+"""
+WARNING_SOFTMAX = """
+import warnings
+
+def softmax(scores, dim=-1):
+    warnings.warn("a warning in the student's code")
+    return torch.softmax(scores, dim)
+"""
+
+
+def honest(name: str) -> dict[str, dict]:
+    """Reference, blank and partly done submissions for any chapter."""
+    source, release = notebooks_of(name)
+    n = len(synthetic.exercises(release))
+    subs = {
+        "honest-reference": synthetic.reference(source, release),
+        "honest-blank": synthetic.blank(release),
+        "honest-partial": synthetic.partly(source, release, set(range(0, n, 2))),
+    }
+    if name == CH1:  # a known bug, and a warning on stderr (nbgrader counts it as failure)
+        reference = subs["honest-reference"]
+        subs["honest-buggy"] = synthetic.with_code(reference, {"softmax": WRONG_SOFTMAX})
+        subs["honest-warning"] = synthetic.with_code(reference, {"softmax": WARNING_SOFTMAX})
+    return subs
+
+
+# ----------------------------------------------------------------- hostile submissions
+
+WRONG = {
+    "dot_scores": (
+        "def dot_scores(query, keys):\n    return torch.zeros(query.shape[0], keys.shape[0])\n"
+    ),
+    "softmax": "def softmax(scores, dim=-1):\n    return torch.zeros_like(scores)\n",
+    "soft_lookup": (
+        "def soft_lookup(query, keys, values):\n"
+        "    return torch.zeros(query.shape[0], values.shape[1]), "
+        "torch.zeros(query.shape[0], keys.shape[0])\n"
+    ),
+}
+PATCH_TORCH = """
+import numpy, torch
+torch.allclose = lambda *a, **k: True
+torch.equal = lambda *a, **k: True
+torch.isfinite = lambda t: torch.ones_like(t, dtype=torch.bool)
+torch.Tensor.__eq__ = lambda *a, **k: True
+numpy.allclose = lambda *a, **k: True
+print("patched:", torch.allclose(torch.zeros(1), torch.ones(1)))
+"""
+PATCH_BUILTINS = """
+import builtins
+builtins.isinstance = lambda *a, **k: True
+builtins.len = lambda *a: 0
+"""
+PATCH_CHECKS = """
+import sys, types
+import course_lib.checks.core as core
+import course_lib.checks.attention as visible
+core.expect_close = core.expect = core.expect_unchanged = lambda *a, **k: None
+core.run = lambda title, probes: print(f"All checks passed for {title}.")
+core.CheckFailed = type("CheckFailed", (Exception,), {})
+for name in ("check_dot_scores", "check_softmax", "check_soft_lookup"):
+    setattr(visible, name, lambda *a, **k: None)
+fake = types.ModuleType("hidden_checks")
+fake.__path__ = []
+fake.attention = types.ModuleType("hidden_checks.attention")
+for name in ("hidden_check_dot_scores", "hidden_check_softmax", "hidden_check_soft_lookup"):
+    setattr(fake.attention, name, lambda *a, **k: None)
+sys.modules["hidden_checks"], sys.modules["hidden_checks.attention"] = fake, fake.attention
+"""
+DELEGATE = {
+    "dot_scores": (
+        "def dot_scores(query, keys):\n"
+        "    from course_lib.attention import dot_scores as reference\n"
+        "    return reference(query, keys)\n"
+    ),
+    "softmax": (
+        "import importlib, inspect\n"
+        "import course_lib.attention as lib\n"
+        "namespace = {}\n"
+        "exec(inspect.getsource(importlib.reload(lib)), namespace)  # the module's own source\n"
+        "def softmax(scores, dim=-1):\n"
+        "    return namespace['softmax'](scores, dim)\n"
+    ),
+    "soft_lookup": (
+        "def soft_lookup(query, keys, values):\n"
+        "    import course_lib.attention\n"
+        "    return course_lib.attention.soft_lookup(query, keys, values)\n"
+    ),
+}
+SNOOP = """
+import os, socket
+def attempt(what, action):
+    try:
+        action()
+        print(f"LEAK: {what}")
+    except Exception as error:
+        print(f"blocked: {what} ({type(error).__name__})")
+for path in PATHS:
+    attempt(f"read {path}", lambda: open(path, "rb").read(1))
+attempt("write into the course", lambda: open(COURSE + "/pwned.txt", "w").write("x"))
+attempt("write into course_lib", lambda: open("/grader/course_lib/pwned.py", "w").write("x"))
+attempt("list the repository", lambda: "solutions" in os.listdir(REPO) or 1 / 0)
+attempt("connect to the host", lambda: socket.create_connection(("127.0.0.1", PORT), timeout=2))
+attempt("resolve a name", lambda: socket.getaddrinfo("example.com", 80))
+"""
+LOOP_IGNORING_SIGINT = """
+import signal
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+while True:
+    pass
+"""
+LOOPING_SOFTMAX = "def softmax(scores, dim=-1):" + LOOP_IGNORING_SIGINT.replace("\n", "\n    ")
+MEMORY_SOFTMAX = """
+def softmax(scores, dim=-1):
+    hog = torch.ones(2**40)  # 4 TiB
+    return torch.softmax(scores, dim)
+"""
+FORKED_MEMORY = """
+import os, time
+for _ in range(6):
+    if os.fork() == 0:
+        hog = bytearray(600 * 2**20)  # each child stays under its own limit; together, not
+        time.sleep(120)
+time.sleep(60)
+"""
+FORK_BOMB = """
+import os
+while True:
+    os.fork()
+"""
+EXIT_IN_DOT_SCORES = "def dot_scores(query, keys):\n    import os\n    os._exit(1)\n"
+GARBAGE_SOFTMAX = """
+def softmax(scores, dim=-1):
+    import os, sys
+    fd = int(sys.argv[sys.argv.index("--reply-fd") + 1])
+    os.write(fd, (12).to_bytes(8, "big") + b"not a reply!")
+    return torch.softmax(scores, dim)
+"""
+
+
+def hardcoded_softmax() -> str:
+    """A softmax right only on the inputs the public checks draw (seeds from the public repo):
+    it earns full marks from checks that use those seeds, nothing with the secret seeds."""
+    sys.path.insert(0, str(AUTOGRADE))
+    from hidden_checks import attention as hidden
+
+    from course_lib.checks import attention as visible
+
+    seen: list[list] = []
+
+    def recorder(scores, dim=-1):
+        seen.append([scores.dtype == torch.float64, dim, scores.tolist()])
+        return torch.softmax(scores, dim)
+
+    visible.check_softmax(recorder)
+    hidden.hidden_check_softmax(recorder)
+    return (
+        f"KNOWN = {seen!r}\n"
+        "def softmax(scores, dim=-1):\n"
+        "    for f64, d, values in KNOWN:\n"
+        "        if d == dim and (scores.dtype == torch.float64) == f64 "
+        "and scores.tolist() == values:\n"
+        "            return torch.softmax(scores, dim)\n"
+        "    return torch.zeros_like(scores)\n"
+    )
+
+
+def hostile(course: Path, port: int) -> dict[str, object]:
+    source, release = notebooks_of(CH1)
+    reference = synthetic.reference(source, release)
+    paths = [
+        ROOT / "solutions" / f"{CH1}.md",
+        AUTOGRADE / "source" / CH1 / f"{CH1}.ipynb",
+        AUTOGRADE / "hidden_checks" / "attention.py",
+        ROOT / "course_lib" / "attention.py",
+        course / "source" / CH1 / f"{CH1}.ipynb",
+        course / "hidden_checks" / "attention.py",
+        course / "gradebook.db",
+        course / "autograded" / batch.KEY_FILE,
+        Path("/etc/shadow"),
+        Path("/root/.bash_history"),
+    ]
+    snoop = f"PATHS = {[str(p) for p in paths]!r}\nCOURSE = {str(course)!r}\n"
+    snoop += f"REPO = {str(ROOT)!r}\nPORT = {port}\n" + SNOOP
+    return {
+        "patch-torch": synthetic.add_cell(
+            synthetic.with_code(release, WRONG), PATCH_TORCH, "given-01"
+        ),
+        "patch-builtins": synthetic.add_cell(
+            synthetic.with_code(release, WRONG), PATCH_BUILTINS, "given-01"
+        ),
+        "patch-checks": synthetic.add_cell(
+            synthetic.with_code(release, WRONG), PATCH_CHECKS, "given-01"
+        ),
+        "delegate": synthetic.with_code(release, DELEGATE),
+        "hardcode": synthetic.with_code(reference, {"softmax": hardcoded_softmax()}),
+        "snoop": synthetic.add_cell(reference, snoop, "given-01"),
+        "loop-cell": synthetic.add_cell(reference, LOOP_IGNORING_SIGINT, "dot_scores_tests"),
+        "loop-exercise": synthetic.with_code(reference, {"softmax": LOOPING_SOFTMAX}),
+        "memory-exercise": synthetic.with_code(reference, {"softmax": MEMORY_SOFTMAX}),
+        "memory-forks": synthetic.add_cell(reference, FORKED_MEMORY, "softmax_tests"),
+        "fork-bomb": synthetic.add_cell(reference, FORK_BOMB, "dot_scores_tests"),
+        "exit-cell": synthetic.add_cell(reference, "import os\nos._exit(3)\n", "softmax_tests"),
+        "exit-exercise": synthetic.with_code(reference, {"dot_scores": EXIT_IN_DOT_SCORES}),
+        "kill-everything": synthetic.add_cell(
+            reference, "import os, signal\nos.kill(-1, signal.SIGKILL)\n", "dot_scores_tests"
+        ),
+        "protocol-garbage": synthetic.with_code(reference, {"softmax": GARBAGE_SOFTMAX}),
+        "deleted-tests": synthetic.drop_cells(
+            reference, {"dot_scores_tests", "softmax_tests", "soft_lookup_tests"}
+        ),
+        "edited-tests": _edited_tests(reference),
+        "invalid-json": '{"cells": [ this is not json',
+        "missing-notebook": None,
+    }
+
+
+def _edited_tests(reference: dict) -> dict:
+    nb = synthetic.with_code(reference, {"softmax": WRONG_SOFTMAX})
+    nb = synthetic.edit_cell(nb, "softmax_tests", "pass  # no checks here")
+    for cell in nb["cells"]:
+        grading = cell.get("metadata", {}).get("nbgrader", {})
+        if grading.get("grade_id") == "dot_scores_tests":
+            grading["points"] = 100
+    return nb
+
+
+# Expected outcome of each fixture: (status, points per test cell).
+FULL = {"dot_scores_tests": 2.0, "softmax_tests": 3.0, "soft_lookup_tests": 3.0}
+ZERO = dict.fromkeys(FULL, 0.0)
+NO_SOFTMAX = {**FULL, "softmax_tests": 0.0}
+EXPECTED = {
+    "loop-exercise": ("timed out", NO_SOFTMAX),
+    "kill-everything": ("graded", FULL),  # kill(-1) reaches no process but the sandbox's
+    "protocol-garbage": ("crashed", NO_SOFTMAX),
+    # stopped by the process limit, the memory limit or the clock, whichever comes first
+    "fork-bomb": ({"graded", "crashed", "timed out"}, FULL),
+    "loop-cell": ("timed out", FULL),
+    "exit-exercise": ("crashed", {**FULL, "dot_scores_tests": 0.0}),
+    "memory-forks": ("crashed", FULL),
+    "exit-cell": ("crashed", FULL),
+    "patch-builtins": ({"graded", "crashed"}, ZERO),  # it may break its own worker
+    "patch-checks": ("graded", ZERO),
+    "honest-reference": ("graded", FULL),
+    "honest-blank": ("graded", ZERO),
+    "honest-partial": ("graded", {**FULL, "softmax_tests": 0.0}),
+    "honest-buggy": ("graded", NO_SOFTMAX),
+    "honest-warning": ("graded", NO_SOFTMAX),
+    "patch-torch": ("graded", ZERO),
+    "delegate": ("graded", ZERO),
+    "hardcode": ("graded", NO_SOFTMAX),
+    "snoop": ("graded", FULL),
+    "memory-exercise": ("graded", NO_SOFTMAX),
+    "deleted-tests": ("graded", FULL),
+    "edited-tests": ("graded", NO_SOFTMAX),
+    "invalid-json": ("invalid", ZERO),
+    "missing-notebook": ("invalid", ZERO),
+}
+
+
+# ---------------------------------------------------------------------------- fast tests
+
+
+def test_wire_rejects_malformed_messages():
+    good = wire.pack({"$": "tensor", "dtype": "float32", "shape": [2], "b": 0}, [b"\0" * 8])
+    tree, blobs = wire.unpack(good)
+    value = wire.Decoder(blobs, lambda node: None).decode(tree)
+    assert isinstance(value, torch.Tensor) and value.shape == (2,)
+    bad = [
+        ({"$": "tensor", "dtype": "float32", "shape": [3], "b": 0}, [b"\0" * 8]),  # size
+        ({"$": "tensor", "dtype": "object", "shape": [1], "b": 0}, [b"\0" * 8]),  # dtype
+        ({"$": "tensor", "dtype": "float32", "shape": [-1], "b": 0}, [b""]),  # shape
+        ({"$": "pickle", "v": "cos\nsystem\n"}, []),  # no such tag
+        ({"$": "dict", "v": [[{"$": "list", "v": []}, 1]]}, []),  # unhashable key
+        ({"$": "__init__"}, []),
+    ]
+    nested = 1
+    for _ in range(200):
+        nested = {"$": "list", "v": [nested]}
+    bad.append((nested, []))
+    for tree, blobs in bad:
+        with pytest.raises(wire.ProtocolError):
+            t, b = wire.unpack(wire.pack(tree, blobs))
+            wire.Decoder(b, lambda node: None).decode(t)
+    with pytest.raises(wire.ProtocolError):
+        wire.unpack(b"\0\0\0\0\0\0\0\5{}")
+
+
+def test_plan_restores_locked_cells_and_readds_deleted_tests():
+    source, release = notebooks_of(CH1)
+    sources = notebooks.source_cells(
+        notebooks.read(AUTOGRADE / "source" / CH1 / f"{CH1}.ipynb"),
+        notebooks.read(AUTOGRADE / "release" / CH1 / f"{CH1}.ipynb"),
+    )
+    reference = synthetic.reference(source, release)
+    edited = synthetic.edit_cell(reference, "softmax_tests", "pass")
+    edited = synthetic.edit_cell(edited, "given-01", "import numpy as torch")
+    dropped = synthetic.drop_cells(edited, {"dot_scores_tests"})
+    steps = notebooks.plan(sources, notebooks.read(_write(dropped)))
+    tests = [s for s in steps if s.kind == "test"]
+    assert [s.grade_id for s in tests] == ["dot_scores_tests", "softmax_tests", "soft_lookup_tests"]
+    assert all("### BEGIN HIDDEN TESTS" in s.source for s in tests)  # graded from the source
+    assert tests[0].origin == "re-added" and tests[1].origin == "restored"
+    ids = [s.grade_id for s in steps]
+    assert ids.index("dot_scores_tests") == ids.index("dot_scores") + 1
+    given = next(s for s in steps if s.grade_id == "given-01")
+    assert given.source.startswith("import torch")
+    assert all("### BEGIN SOLUTION" not in s.source for s in steps)
+
+
+def _write(nb: dict) -> Path:
+    import tempfile
+
+    path = Path(tempfile.mkdtemp()) / "nb.ipynb"
+    path.write_text(json.dumps(nb))
+    return path
+
+
+@pytest.mark.parametrize("name", CHAPTERS)
+def test_grading_copy_has_stubs_not_references(tmp_path, name):
+    """The sandbox's course_lib has the release stubs of the graded chapter's exercises, and
+    no line of their reference solutions: delegating to course_lib earns nothing."""
+    release = AUTOGRADE / "release" / name / f"{name}.ipynb"
+    stubbed = stubs.build(tmp_path, ROOT / "course_lib", [release], name)
+    exercises = stubs.exercise_stubs([release])
+    assert {n for _, n in stubbed} == set(exercises)  # every exercise of the chapter
+    for module, exercise in stubbed:  # each definition is exactly the release stub
+        text = (tmp_path / Path(*module.split("."))).with_suffix(".py").read_text()
+        tree = ast.parse(text)
+        (node,) = [n for n in tree.body if getattr(n, "name", None) == exercise]
+        lines = text.splitlines()[stubs._first_line(node) - 1 : node.end_lineno]
+        assert "\n".join(lines) == exercises[exercise]
+
+
+def test_refuses_without_bwrap(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(sandbox, "find_bwrap", lambda: None)
+    assert batch.grade(tmp_path, CH1, batch.Options(quiet=True)) == 2
+    err = capsys.readouterr().err
+    assert "apt-get install bubblewrap" in err and "--no-sandbox" in err
+
+
+def test_hardcoded_answers_pass_with_public_seeds():
+    """The control for the "hardcode" fixture: without the grader's secret seeds, answers
+    looked up from the public checks' inputs earn the points."""
+    from tests.exercises import namespace
+    from tests.exercises import scores as plain_scores
+    from tools.chapters import SOURCES, load
+
+    chapter = load(SOURCES / f"{CH1}.md")
+    earned = plain_scores(chapter, namespace(chapter, hardcoded_softmax()))
+    assert earned["softmax_tests"] == 3
+
+
+# ---------------------------------------------------------------------------- slow tests
+
+
+@pytest.mark.slow
+def test_hostile_batch(tmp_path, bwrap_works):
+    """All fixtures in one batch on two workers: each gets its status and only its points;
+    the honest ones score the same as when graded alone on one worker."""
+    course = make_course(tmp_path, [CH1])
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    subs = {**honest(CH1), **hostile(course, listener.getsockname()[1])}
+    for student in EXPECTED:
+        nb = subs.get(student)
+        if nb is None:
+            (course / "submitted" / student / CH1).mkdir(parents=True)
+            (course / "submitted" / student / CH1 / "README.txt").write_text("forgot it")
+        else:
+            synthetic.submit(nb, course, student, CH1, CH1)
+    students = [a for s in EXPECTED for a in ("--student", s)]
+    done = grade(course, CH1, "--workers", "2", *FAST_LIMITS, *students)
+    listener.close()
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    got = results(course, CH1)
+    report = {s: (got[s]["status"], scores(got[s], CH1)) for s in got}
+    for student, (status, _) in EXPECTED.items():
+        if isinstance(status, set) and report.get(student, ("",))[0] in status:
+            report[student] = (status, report[student][1])
+    assert report == EXPECTED, done.stdout
+    # the gradebook has the same scores, and nbgrader's export reads them
+    assert gradebook_scores(course, CH1) == {s: e[1] for s, e in EXPECTED.items()}
+    rows = {r["student_id"]: float(r["score"]) for r in export(course)}
+    assert rows == {s: sum(e[1].values()) for s, e in EXPECTED.items()}
+    # the summary names every student's status
+    lines = done.stdout.splitlines()
+    for student in EXPECTED:
+        status = got[student]["status"]
+        assert any(line.startswith(student) and status in line for line in lines)
+    # the student's patches were in effect in their process, and gained nothing
+    patched = (course / "autograded" / "patch-torch" / CH1 / f"{CH1}.ipynb").read_text()
+    assert "patched: True" in patched
+    # snooping found nothing; nothing was written outside the sandbox
+    snoop = json.loads((course / "autograded" / "snoop" / CH1 / f"{CH1}.ipynb").read_text())
+    printed = "".join(o.get("text", "") for c in snoop["cells"] for o in c.get("outputs", []))
+    assert "LEAK" not in printed and printed.count("blocked:") == 15, printed
+    assert not (course / "pwned.txt").exists()
+    # nothing of the student's is left running
+    uids = {nb["sandbox_uid"] for r in got.values() for nb in r["notebooks"].values()}
+    assert len(uids - {None}) == 2  # one per worker, each its own
+    assert not [p for p in _all_pids() if _uid(p) in uids]
+    # feedback: names, points, messages; no test code, no hidden check, no traceback
+    feedback_mod.generate(course, CH1)
+    page = (course / "feedback" / "honest-buggy" / CH1 / f"{CH1}.html").read_text()
+    assert "softmax_tests" in page and "0 / 3" in page and "dot_scores_tests" in page
+    assert "did you take the softmax over the wrong axis?" in page  # the check's message
+    hidden = (AUTOGRADE / "hidden_checks" / "attention.py").read_text().splitlines()
+    source = notebooks.read(course / "source" / CH1 / f"{CH1}.ipynb")
+    test_code = [
+        line.strip()
+        for cell in notebooks.source_cells(source, None)
+        if cell.is_test
+        for line in cell.source.splitlines()
+        if len(line.strip()) > 20 and not line.startswith("#")
+    ]
+    assert len(test_code) >= 6
+    for student in EXPECTED:
+        for page_path in (course / "feedback" / student / CH1).glob("*.html"):
+            page = page_path.read_text()
+            assert "Traceback" not in page and 'File "' not in page
+            assert not [ln for ln in hidden if len(ln.strip()) > 20 and ln.strip() in page]
+            assert not [ln for ln in test_code if ln in page]
+
+
+def _all_pids() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def _uid(pid: int) -> int:
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return -1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", CHAPTERS)
+def test_faithful_to_plain_nbgrader(tmp_path, bwrap_works, name):
+    """Honest submissions score exactly what `nbgrader autograde` gives them, cell by cell."""
+    subs = honest(name)
+    ours = make_course(tmp_path / "ours", [name])
+    plain = make_course(tmp_path / "plain", [name])
+    for student, nb in subs.items():
+        for course in (ours, plain):
+            synthetic.submit(nb, course, student, name, name)
+    nbgrader(plain, "generate_assignment", name, "--force")
+    nbgrader(plain, "autograde", name, "--create", "--force")
+    done = grade(ours, name, "--workers", "1", *FAST_LIMITS)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    expected = gradebook_scores(plain, name)
+    assert gradebook_scores(ours, name) == expected
+    if name == CH1:  # graded serially here, in parallel next to hostile ones in the batch test
+        assert expected == {s: EXPECTED[s][1] for s in subs}
+    source = synthetic.load(AUTOGRADE / "source" / name / f"{name}.ipynb")
+    full = sum(
+        c["metadata"]["nbgrader"].get("points", 0)
+        for c in source["cells"]
+        if c["metadata"].get("nbgrader", {}).get("grade")
+    )
+    assert sum(expected["honest-reference"].values()) == full > 0
+    assert sum(expected["honest-blank"].values()) == 0
+    assert 0 < sum(expected["honest-partial"].values()) < full
+    assert [r["score"] for r in export(ours)] == [r["score"] for r in export(plain)]
+
+
+@pytest.mark.slow
+def test_resumes_after_kill_and_is_idempotent(tmp_path, bwrap_works):
+    course = make_course(tmp_path, [CH1])
+    source, release = notebooks_of(CH1)
+    students = [f"student-{i}" for i in range(5)]
+    for i, student in enumerate(students):
+        synthetic.submit(
+            synthetic.partly(source, release, {0, 1, 2} - {i % 3}), course, student, CH1, CH1
+        )
+    cmd = [
+        sys.executable,
+        "-m",
+        "autograde",
+        "grade",
+        CH1,
+        "--course",
+        str(course),
+        "--workers",
+        "1",
+    ]
+    run = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=venv_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 240
+    while len(results(course, CH1)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+    first = results(course, CH1)
+    assert 2 <= len(first) < len(students), "the run should be killed halfway"
+    done = grade(course, CH1, "--workers", "2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("already graded (unchanged); skipped") == len(first)
+    second = results(course, CH1)
+    for student, record in first.items():  # finished students were not regraded
+        assert second[student]["graded_at"] == record["graded_at"]
+    assert set(second) == set(students)
+    expected = {s: 8.0 - (2.0, 3.0, 3.0)[i % 3] for i, s in enumerate(students)}
+    rows = export(course)
+    assert {r["student_id"]: float(r["score"]) for r in rows} == expected
+    again = grade(course, CH1)  # idempotent: nothing regraded, nothing changed
+    assert again.stdout.count("already graded (unchanged); skipped") == len(students)
+    assert export(course) == rows
+    assert results(course, CH1) == second
