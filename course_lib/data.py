@@ -229,19 +229,42 @@ OBJECTS = {
 }
 MASS_NOUNS = {"fish", "bread", "rice", "water", "milk"}
 # verb: (base, 3sg present, past), (Korean present, Korean past), objects it takes
+# verb: English (base, 3sg present, past); Korean (present, past), then the connective forms
+# that join a first clause to a second ("먹고", "먹었고": "eats and", "ate and"); the objects
+# it takes.
 VERBS = {
-    "eat": (("eat", "eats", "ate"), ("먹는다", "먹었다"), ("fish", "bread", "apple", "rice")),
-    "drink": (("drink", "drinks", "drank"), ("마신다", "마셨다"), ("water", "milk")),
-    "read": (("read", "reads", "read"), ("읽는다", "읽었다"), ("book", "letter")),
-    "write": (("write", "writes", "wrote"), ("쓴다", "썼다"), ("book", "letter", "song")),
-    "like": (("like", "likes", "liked"), ("좋아한다", "좋아했다"), tuple(OBJECTS)),
-    "see": (("see", "sees", "saw"), ("본다", "봤다"), ("movie", "bird", "cat", "dog")),
+    "eat": (
+        ("eat", "eats", "ate"),
+        ("먹는다", "먹었다", "먹고", "먹었고"),
+        ("fish", "bread", "apple", "rice"),
+    ),
+    "drink": (
+        ("drink", "drinks", "drank"),
+        ("마신다", "마셨다", "마시고", "마셨고"),
+        ("water", "milk"),
+    ),
+    "read": (("read", "reads", "read"), ("읽는다", "읽었다", "읽고", "읽었고"), ("book", "letter")),
+    "write": (
+        ("write", "writes", "wrote"),
+        ("쓴다", "썼다", "쓰고", "썼고"),
+        ("book", "letter", "song"),
+    ),
+    "like": (
+        ("like", "likes", "liked"),
+        ("좋아한다", "좋아했다", "좋아하고", "좋아했고"),
+        tuple(OBJECTS),
+    ),
+    "see": (
+        ("see", "sees", "saw"),
+        ("본다", "봤다", "보고", "봤고"),
+        ("movie", "bird", "cat", "dog"),
+    ),
     "buy": (
         ("buy", "buys", "bought"),
-        ("산다", "샀다"),
+        ("산다", "샀다", "사고", "샀고"),
         ("fish", "bread", "apple", "book", "milk"),
     ),
-    "sing": (("sing", "sings", "sang"), ("부른다", "불렀다"), ("song",)),
+    "sing": (("sing", "sings", "sang"), ("부른다", "불렀다", "부르고", "불렀고"), ("song",)),
 }
 PLACES = {
     "at home": "집에서",
@@ -284,12 +307,44 @@ def _object(rng: random.Random, noun: str) -> tuple[list[str], list[str]]:
     return en + [noun], ko + [particle(OBJECT_WORDS[noun], "object")]
 
 
-def translation_example(rng: random.Random) -> tuple[str, str]:
-    """One (English, Korean) sentence pair from the toy grammar.
+def _clause(rng: random.Random, joined: bool = False) -> tuple[list[str], list[str]]:
+    """English and Korean words of one transitive clause.
 
     English:  SUBJECT VERB OBJECT [PLACE] [TIME]     ("the cat ate fish at home yesterday")
     Korean:   [TIME] SUBJECT [PLACE] OBJECT VERB     ("어제 고양이가 집에서 생선을 먹었다")
-    or, one time in six, a copula sentence: "i am a student" → "나는 학생이다".
+
+    ``joined``: the clause is followed by "and" and a second clause, so its Korean verb takes
+    the connective form (먹었고).
+    """
+    en_subj, ko_subj, agreement = _subject(rng)
+    verb = rng.choice(list(VERBS))
+    (base, third, past), ko_forms, objects = VERBS[verb]
+    time = rng.choice([None, None, "today", "yesterday"])
+    tense = "past" if time == "yesterday" or (time is None and rng.random() < 0.5) else "present"
+    en_verb = past if tense == "past" else (third if agreement == "3sg" else base)
+    ko_verb = ko_forms[(2 if joined else 0) + (1 if tense == "past" else 0)]
+    en_obj, ko_obj = _object(rng, rng.choice(objects))
+    place = rng.choice([None, None, *PLACES])
+    en = [*en_subj, en_verb, *en_obj]
+    ko = [*ko_subj]
+    if place:
+        en.append(place)
+        ko.append(PLACES[place])
+    ko += [*ko_obj, ko_verb]
+    if time:
+        en.append(time)
+        ko.insert(0, TIMES[time][0])
+    return en, ko
+
+
+def translation_example(rng: random.Random) -> tuple[str, str]:
+    """One (English, Korean) sentence pair from the toy grammar.
+
+    Mostly one clause, subject–verb–object in English and subject–object–verb in Korean
+    ("the cat ate fish at home yesterday" → "어제 고양이가 집에서 생선을 먹었다"); one time in
+    three, two clauses joined by "and", which Korean expresses with the connective verb form
+    ("the cat eats fish and the dog drinks milk" → "고양이가 생선을 먹고 개가 우유를 마신다");
+    one time in six, a copula sentence ("i am a student" → "나는 학생이다").
     """
     if rng.random() < 1 / 6:
         pronoun = rng.choice(list(PRONOUNS))
@@ -301,23 +356,11 @@ def translation_example(rng: random.Random) -> tuple[str, str]:
             be = {"1sg": "am", "3sg": "is"}.get(agreement, "are")
             en = [pronoun, be, "a", noun]
         return " ".join(en), " ".join([ko_subj, particle(PEOPLE[noun], "copula")])
-    en_subj, ko_subj, agreement = _subject(rng)
-    verb = rng.choice(list(VERBS))
-    (base, third, past), (ko_present, ko_past), objects = VERBS[verb]
-    time = rng.choice([None, None, "today", "yesterday"])
-    tense = "past" if time == "yesterday" or (time is None and rng.random() < 0.5) else "present"
-    en_verb = past if tense == "past" else (third if agreement == "3sg" else base)
-    en_obj, ko_obj = _object(rng, rng.choice(objects))
-    place = rng.choice([None, None, *PLACES])
-    en = [*en_subj, en_verb, *en_obj]
-    ko = [*ko_subj]
-    if place:
-        en.append(place)
-        ko.append(PLACES[place])
-    ko += [*ko_obj, ko_past if tense == "past" else ko_present]
-    if time:
-        en.append(time)
-        ko.insert(0, TIMES[time][0])
+    if rng.random() < 0.4:
+        en_first, ko_first = _clause(rng, joined=True)
+        en_second, ko_second = _clause(rng)
+        return " ".join([*en_first, "and", *en_second]), " ".join([*ko_first, *ko_second])
+    en, ko = _clause(rng)
     return " ".join(en), " ".join(ko)
 
 
@@ -326,13 +369,19 @@ def tokenize_words(text: str) -> list[str]:
     return text.lower().split()
 
 
-def translation_vocabs(pairs: Iterable[tuple[str, str]]) -> tuple[Vocab, Vocab]:
-    """Source and target vocabularies of ``pairs``, tokens sorted for a fixed order."""
-    src, tgt = set(), set()
-    for en, ko in pairs:
-        src.update(tokenize_words(en))
-        tgt.update(tokenize_words(ko))
-    return Vocab(sorted(src)), Vocab(sorted(tgt))
+def translation_vocabs() -> tuple[Vocab, Vocab]:
+    """English and Korean vocabularies of everything the grammar can say, in a fixed order."""
+    en = {"the", "a", "an", "and", "am", "is", "are", *PRONOUNS, *ANIMALS, *ADJECTIVES, *OBJECTS}
+    en |= {w for noun in PEOPLE for w in (noun, "children" if noun == "child" else noun + "s")}
+    en |= {w for forms, _, _ in VERBS.values() for w in forms}
+    en |= {w for place in PLACES for w in place.split()} | set(TIMES)
+    ko = {topic for topic, _ in PRONOUNS.values()} | set(ADJECTIVES.values())
+    ko |= {particle(noun, "subject") for noun in {**PEOPLE, **ANIMALS}.values()}
+    ko |= {particle(noun, "copula") for noun in PEOPLE.values()}
+    ko |= {particle(noun, "object") for noun in OBJECT_WORDS.values()}
+    ko |= {w for _, forms, _ in VERBS.values() for w in forms}
+    ko |= set(PLACES.values()) | {word for word, _ in TIMES.values()}
+    return Vocab(sorted(en)), Vocab(sorted(ko))
 
 
 # --------------------------------------------------------------------------- tasks & splits
@@ -441,7 +490,7 @@ def translation_task(n: int = 4_000, seed: int = 0) -> Task:
     """
     pairs = unique_examples(translation_example, n, seed)
     train, valid, test = split(pairs, seed=seed)
-    src_vocab, tgt_vocab = translation_vocabs(_grammar_inventory())
+    src_vocab, tgt_vocab = translation_vocabs()
     return Task(
         "en-ko",
         src_vocab,
@@ -453,12 +502,6 @@ def translation_task(n: int = 4_000, seed: int = 0) -> Task:
         valid,
         test,
     )
-
-
-def _grammar_inventory() -> list[tuple[str, str]]:
-    """Enough sentences to contain every word the grammar can produce (deterministic)."""
-    rng = random.Random(12345)
-    return [translation_example(rng) for _ in range(20_000)]
 
 
 # --------------------------------------------------------------------------- batches

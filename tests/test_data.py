@@ -112,29 +112,40 @@ def test_batchim_and_particles():
 
 
 def test_the_grammar_gives_the_issue_examples():
-    pairs = dict(data._grammar_inventory())
-    assert pairs["i am a student"] == "나는 학생이다"
-    assert pairs["the cat eats fish"] == "고양이가 생선을 먹는다"
+    rng, wanted, found = random.Random(0), {"i am a student", "the cat eats fish"}, {}
+    for _ in range(200_000):
+        en, ko = data.translation_example(rng)
+        if en in wanted:
+            found[en] = ko
+            if len(found) == len(wanted):
+                break
+    assert found == {
+        "i am a student": "나는 학생이다",
+        "the cat eats fish": "고양이가 생선을 먹는다",
+    }
 
 
 def test_korean_is_subject_object_verb():
-    """The English verb (second word after the subject) is the Korean sentence's last word."""
-    verbs = {
-        form: (ko_present, ko_past)
-        for (forms, (ko_present, ko_past), _) in data.VERBS.values()
-        for form in forms
-    }
+    """Each clause's English verb becomes the last Korean word of its clause; a first clause
+    joined by "and" ends in the connective form ("먹었고": "ate and")."""
+    ko_forms = {w: forms for (en, forms, _) in data.VERBS.values() for w in en}
     task = data.translation_task(1000, seed=0)
-    checked = 0
+    one, two = 0, 0
     for en, ko in task.train:
-        words = en.split()
-        verb = next((w for w in words if w in verbs), None)
-        if verb is None:  # a copula sentence: "you are a doctor" -> "너는 의사다"
-            assert words[1] in ("am", "is", "are") and ko.endswith("다")
+        clauses = [c.split() for c in en.split(" and ")]
+        verbs = [next((w for w in c if w in ko_forms), None) for c in clauses]
+        if verbs[0] is None:  # a copula sentence: "you are a doctor" -> "너는 의사다"
+            assert len(clauses) == 1 and clauses[0][1] in ("am", "is", "are")
+            assert ko.endswith("다")
             continue
-        assert ko.split()[-1] in verbs[verb]
-        checked += 1
-    assert checked > 500
+        words = ko.split()
+        assert words[-1] in ko_forms[verbs[-1]][:2], (en, ko)  # present or past, sentence end
+        if len(clauses) == 2:
+            assert any(w in ko_forms[verbs[0]][2:] for w in words[:-1]), (en, ko)
+            two += 1
+        else:
+            one += 1
+    assert one > 300 and two > 200
 
 
 def test_translation_task_is_deterministic_and_closed():
