@@ -140,19 +140,28 @@ def softmax(scores, dim=-1):
 
 
 def honest(name: str) -> dict[str, dict]:
-    """Reference, blank and partly done submissions for any chapter."""
+    """Honest submissions for any chapter: the blank release and two complementary partial
+    ones (between them, every exercise is once the reference and once a stub)."""
     source, release = notebooks_of(name)
     n = len(synthetic.exercises(release))
-    subs = {
-        "honest-reference": synthetic.reference(source, release),
+    return {
         "honest-blank": synthetic.blank(release),
-        "honest-partial": synthetic.partly(source, release, set(range(0, n, 2))),
+        "honest-even": synthetic.partly(source, release, set(range(0, n, 2))),
+        "honest-odd": synthetic.partly(source, release, set(range(1, n, 2))),
     }
-    if name == CH1:  # a known bug, and a warning on stderr (nbgrader counts it as failure)
-        reference = subs["honest-reference"]
-        subs["honest-buggy"] = synthetic.with_code(reference, {"softmax": WRONG_SOFTMAX})
-        subs["honest-warning"] = synthetic.with_code(reference, {"softmax": WARNING_SOFTMAX})
-    return subs
+
+
+def honest_ch1() -> dict[str, dict]:
+    """Chapter 1's reference, blank, a known bug, and a warning on stderr (which nbgrader
+    counts as a failure of the test cell, so this grader must too)."""
+    source, release = notebooks_of(CH1)
+    reference = synthetic.reference(source, release)
+    return {
+        "honest-reference": reference,
+        "honest-blank": synthetic.blank(release),
+        "honest-buggy": synthetic.with_code(reference, {"softmax": WRONG_SOFTMAX}),
+        "honest-warning": synthetic.with_code(reference, {"softmax": WARNING_SOFTMAX}),
+    }
 
 
 # ----------------------------------------------------------------- hostile submissions
@@ -233,6 +242,7 @@ attempt("write into course_lib", lambda: open("/grader/course_lib/pwned.py", "w"
 attempt("list the repository", lambda: "solutions" in os.listdir(REPO) or 1 / 0)
 attempt("connect to the host", lambda: socket.create_connection(("127.0.0.1", PORT), timeout=2))
 attempt("resolve a name", lambda: socket.getaddrinfo("example.com", 80))
+os.kill(-1, 9)  # every process this user may signal: in the sandbox, none but its own
 """
 LOOP_IGNORING_SIGINT = """
 import signal
@@ -240,7 +250,17 @@ signal.signal(signal.SIGINT, signal.SIG_IGN)
 while True:
     pass
 """
-LOOPING_SOFTMAX = "def softmax(scores, dim=-1):" + LOOP_IGNORING_SIGINT.replace("\n", "\n    ")
+# The hostile exercises misbehave only on the hidden checks' inputs (a 3-D softmax, L = 7
+# queries), so that the chapter's demo cells, which call them too, do not add more incidents.
+LOOPING_SOFTMAX = """
+def softmax(scores, dim=-1):
+    if scores.dim() == 3:
+        import signal
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        while True:
+            pass
+    return torch.softmax(scores, dim)
+"""
 MEMORY_SOFTMAX = """
 def softmax(scores, dim=-1):
     hog = torch.ones(2**40)  # 4 TiB
@@ -259,12 +279,19 @@ import os
 while True:
     os.fork()
 """
-EXIT_IN_DOT_SCORES = "def dot_scores(query, keys):\n    import os\n    os._exit(1)\n"
+EXIT_IN_DOT_SCORES = """
+def dot_scores(query, keys):
+    if query.shape[0] == 7:
+        import os
+        os._exit(1)
+    return query @ keys.T
+"""
 GARBAGE_SOFTMAX = """
 def softmax(scores, dim=-1):
-    import os, sys
-    fd = int(sys.argv[sys.argv.index("--reply-fd") + 1])
-    os.write(fd, (12).to_bytes(8, "big") + b"not a reply!")
+    if scores.dim() == 3:
+        import os, sys
+        fd = int(sys.argv[sys.argv.index("--reply-fd") + 1])
+        os.write(fd, (12).to_bytes(8, "big") + b"not a reply!")
     return torch.softmax(scores, dim)
 """
 
@@ -314,14 +341,11 @@ def hostile(course: Path, port: int) -> dict[str, object]:
     snoop = f"PATHS = {[str(p) for p in paths]!r}\nCOURSE = {str(course)!r}\n"
     snoop += f"REPO = {str(ROOT)!r}\nPORT = {port}\n" + SNOOP
     return {
-        "patch-torch": synthetic.add_cell(
-            synthetic.with_code(release, WRONG), PATCH_TORCH, "given-01"
+        "tamper": synthetic.add_cell(
+            synthetic.with_code(release, WRONG), PATCH_TORCH + PATCH_CHECKS, "given-01"
         ),
         "patch-builtins": synthetic.add_cell(
             synthetic.with_code(release, WRONG), PATCH_BUILTINS, "given-01"
-        ),
-        "patch-checks": synthetic.add_cell(
-            synthetic.with_code(release, WRONG), PATCH_CHECKS, "given-01"
         ),
         "delegate": synthetic.with_code(release, DELEGATE),
         "hardcode": synthetic.with_code(reference, {"softmax": hardcoded_softmax()}),
@@ -333,9 +357,6 @@ def hostile(course: Path, port: int) -> dict[str, object]:
         "fork-bomb": synthetic.add_cell(reference, FORK_BOMB, "dot_scores_tests"),
         "exit-cell": synthetic.add_cell(reference, "import os\nos._exit(3)\n", "softmax_tests"),
         "exit-exercise": synthetic.with_code(reference, {"dot_scores": EXIT_IN_DOT_SCORES}),
-        "kill-everything": synthetic.add_cell(
-            reference, "import os, signal\nos.kill(-1, signal.SIGKILL)\n", "dot_scores_tests"
-        ),
         "protocol-garbage": synthetic.with_code(reference, {"softmax": GARBAGE_SOFTMAX}),
         "deleted-tests": synthetic.drop_cells(
             reference, {"dot_scores_tests", "softmax_tests", "soft_lookup_tests"}
@@ -362,7 +383,6 @@ ZERO = dict.fromkeys(FULL, 0.0)
 NO_SOFTMAX = {**FULL, "softmax_tests": 0.0}
 EXPECTED = {
     "loop-exercise": ("timed out", NO_SOFTMAX),
-    "kill-everything": ("graded", FULL),  # kill(-1) reaches no process but the sandbox's
     "protocol-garbage": ("crashed", NO_SOFTMAX),
     # stopped by the process limit, the memory limit or the clock, whichever comes first
     "fork-bomb": ({"graded", "crashed", "timed out"}, FULL),
@@ -371,13 +391,13 @@ EXPECTED = {
     "memory-forks": ("crashed", FULL),
     "exit-cell": ("crashed", FULL),
     "patch-builtins": ({"graded", "crashed"}, ZERO),  # it may break its own worker
-    "patch-checks": ("graded", ZERO),
     "honest-reference": ("graded", FULL),
     "honest-blank": ("graded", ZERO),
-    "honest-partial": ("graded", {**FULL, "softmax_tests": 0.0}),
+    "honest-even": ("graded", {**FULL, "softmax_tests": 0.0}),
+    "honest-odd": ("graded", {**ZERO, "softmax_tests": 3.0}),
     "honest-buggy": ("graded", NO_SOFTMAX),
     "honest-warning": ("graded", NO_SOFTMAX),
-    "patch-torch": ("graded", ZERO),
+    "tamper": ("graded", ZERO),
     "delegate": ("graded", ZERO),
     "hardcode": ("graded", NO_SOFTMAX),
     "snoop": ("graded", FULL),
@@ -493,7 +513,7 @@ def test_hostile_batch(tmp_path, bwrap_works):
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
-    subs = {**honest(CH1), **hostile(course, listener.getsockname()[1])}
+    subs = {**honest(CH1), **honest_ch1(), **hostile(course, listener.getsockname()[1])}
     for student in EXPECTED:
         nb = subs.get(student)
         if nb is None:
@@ -521,7 +541,7 @@ def test_hostile_batch(tmp_path, bwrap_works):
         status = got[student]["status"]
         assert any(line.startswith(student) and status in line for line in lines)
     # the student's patches were in effect in their process, and gained nothing
-    patched = (course / "autograded" / "patch-torch" / CH1 / f"{CH1}.ipynb").read_text()
+    patched = (course / "autograded" / "tamper" / CH1 / f"{CH1}.ipynb").read_text()
     assert "patched: True" in patched
     # snooping found nothing; nothing was written outside the sandbox
     snoop = json.loads((course / "autograded" / "snoop" / CH1 / f"{CH1}.ipynb").read_text())
@@ -567,33 +587,54 @@ def _uid(pid: int) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", CHAPTERS)
-def test_faithful_to_plain_nbgrader(tmp_path, bwrap_works, name):
-    """Honest submissions score exactly what `nbgrader autograde` gives them, cell by cell."""
-    subs = honest(name)
-    ours = make_course(tmp_path / "ours", [name])
-    plain = make_course(tmp_path / "plain", [name])
+def test_faithful_to_plain_nbgrader(tmp_path, bwrap_works):
+    """Honest submissions score exactly what `nbgrader autograde` gives them, cell by cell,
+    and what nbgrader's export reads back."""
+    subs = honest_ch1()
+    ours = make_course(tmp_path / "ours", [CH1])
+    plain = make_course(tmp_path / "plain", [CH1])
     for student, nb in subs.items():
         for course in (ours, plain):
-            synthetic.submit(nb, course, student, name, name)
-    nbgrader(plain, "generate_assignment", name, "--force")
-    nbgrader(plain, "autograde", name, "--create", "--force")
-    done = grade(ours, name, "--workers", "1", *FAST_LIMITS)
+            synthetic.submit(nb, course, student, CH1, CH1)
+    nbgrader(plain, "generate_assignment", CH1, "--force")
+    nbgrader(plain, "autograde", CH1, "--create", "--force")
+    done = grade(ours, CH1, "--workers", "1")  # serially here, in parallel in the batch test
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    expected = gradebook_scores(plain, name)
-    assert gradebook_scores(ours, name) == expected
-    if name == CH1:  # graded serially here, in parallel next to hostile ones in the batch test
-        assert expected == {s: EXPECTED[s][1] for s in subs}
-    source = synthetic.load(AUTOGRADE / "source" / name / f"{name}.ipynb")
-    full = sum(
-        c["metadata"]["nbgrader"].get("points", 0)
-        for c in source["cells"]
-        if c["metadata"].get("nbgrader", {}).get("grade")
-    )
-    assert sum(expected["honest-reference"].values()) == full > 0
-    assert sum(expected["honest-blank"].values()) == 0
-    assert 0 < sum(expected["honest-partial"].values()) < full
+    assert all(r["status"] == "graded" for r in results(ours, CH1).values()), done.stdout
+    expected = gradebook_scores(plain, CH1)
+    assert gradebook_scores(ours, CH1) == expected == {s: EXPECTED[s][1] for s in subs}
     assert [r["score"] for r in export(ours)] == [r["score"] for r in export(plain)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", CHAPTERS)
+def test_every_chapter_grades_like_its_test_cells(tmp_path, bwrap_works, name):
+    """For every chapter, the command gives the blank and partly done submissions what the
+    chapter's test cells give the same code when run directly (tests/exercises.py, nbgrader
+    minus the kernel); between the two partial ones, every exercise's reference earns its
+    points through the grader's proxies."""
+    from tests.exercises import namespace
+    from tests.exercises import scores as direct_scores
+    from tools.chapters import SOURCES, load, strip_markers
+
+    chapter = load(SOURCES / f"{name}.md")
+    references = [strip_markers(cell.source) for cell in chapter.cells("solution")]
+    subs = honest(name)
+    course = make_course(tmp_path, [name])
+    for student, nb in subs.items():
+        synthetic.submit(nb, course, student, name, name)
+    done = grade(course, name, "--workers", "2")  # nbgrader's own time limits
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    got = results(course, name)
+    assert all(r["status"] == "graded" for r in got.values()), done.stdout
+    parts = {"honest-blank": [], "honest-even": references[0::2], "honest-odd": references[1::2]}
+    for student, codes in parts.items():
+        direct = direct_scores(chapter, namespace(chapter, "\n".join(codes), released=True))
+        assert scores(got[student], name) == {k: float(v) for k, v in direct.items()}, student
+    full = {c.metadata["grade_id"]: float(c.metadata["points"]) for c in chapter.cells("tests")}
+    assert set(scores(got["honest-blank"], name).values()) == {0.0}
+    even, odd = scores(got["honest-even"], name), scores(got["honest-odd"], name)
+    assert {g: even[g] + odd[g] for g in full} == full
 
 
 @pytest.mark.slow

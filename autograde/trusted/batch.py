@@ -47,7 +47,7 @@ STATUS_ORDER = ("error", "invalid", "crashed", "timed out", "graded")
 
 @dataclass
 class Options:
-    workers: int = max(1, os.cpu_count() or 1)
+    workers: int = max(1, len(os.sched_getaffinity(0)))
     students: list[str] = field(default_factory=list)
     force: bool = False
     sandbox: bool = True
@@ -459,6 +459,7 @@ def _grade(course, assignment, options, sources, tmp: Path, pool: JudgePool) -> 
                 "grading_dir": str(grading_dir),
                 "stubbed": sorted(stubbed),
                 "sandbox": options.sandbox,
+                "threads": max(1, len(os.sched_getaffinity(0)) // options.workers),
                 "timeout": options.timeout,
                 "notebook_timeout": options.notebook_timeout,
                 "limits": {

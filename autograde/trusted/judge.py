@@ -104,6 +104,7 @@ class Runner:
 
         limits = Limits(**job["limits"])
         self.config = SandboxConfig(Path(job["grading_dir"]), limits, job["sandbox"])
+        self.config.threads = int(job.get("threads", 1))
         self.uid = job["uid"]
         self.stubbed = frozenset(tuple(p) for p in job["stubbed"])
         self.timeout = float(job["timeout"])

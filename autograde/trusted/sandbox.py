@@ -58,6 +58,7 @@ class SandboxConfig:
     limits: Limits = field(default_factory=Limits)
     sandbox: bool = True
     python: str = sys.executable
+    threads: int = 1  # torch threads of the student's code
 
 
 def find_bwrap() -> str | None:
@@ -137,7 +138,7 @@ def bwrap_argv(config: SandboxConfig, uid: int) -> list[str]:
     return argv
 
 
-def worker_env(scratch: str) -> dict[str, str]:
+def worker_env(scratch: str, threads: int = 1) -> dict[str, str]:
     venv_bin = str(Path(sys.prefix) / "bin")
     return {
         "PATH": f"{venv_bin}:/usr/local/bin:/usr/bin:/bin",
@@ -149,8 +150,8 @@ def worker_env(scratch: str) -> dict[str, str]:
         "USER": "student",
         "LOGNAME": "student",
         "LANG": "C.UTF-8",
-        "OMP_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
         "CUDA_VISIBLE_DEVICES": "",
     }
 
@@ -168,14 +169,14 @@ class WorkerProcess:
         os.set_blocking(self.cmd_w, False)
         if config.sandbox:
             argv = bwrap_argv(config, uid)
-            env = worker_env("/tmp/work")
+            env = worker_env("/tmp/work", config.threads)
             cwd = "/"
         else:
             self.scratch = _scratch_dir()
             argv = [config.python, "-I", "-B", "-c", BOOT, "--lib", str(config.grading_dir)]
             argv += ["--mplcache", str(Path(config.grading_dir) / "mplcache")]
             argv += ["--scratch", self.scratch]
-            env = worker_env(self.scratch)
+            env = worker_env(self.scratch, config.threads)
             cwd = self.scratch
         limits = config.limits
         nproc = limits.processes
@@ -190,6 +191,7 @@ class WorkerProcess:
             "core": 0,
         }
         argv += ["--cmd-fd", str(cmd_r), "--reply-fd", str(reply_w)]
+        argv += ["--threads", str(config.threads)]
         prlimit = shutil.which("prlimit")
         preexec = None
         if prlimit:

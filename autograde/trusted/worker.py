@@ -515,7 +515,7 @@ def main(argv: list[str] | None = None) -> None:
     worker = Worker()
     worker.cmd_fd = int(options.get("--cmd-fd", 3))
     worker.reply_fd = int(options.get("--reply-fd", 4))
-    worker.torch.set_num_threads(1)
+    worker.torch.set_num_threads(max(1, int(options.get("--threads", 1))))
     sys.stdout, sys.stderr = worker.out, worker.err
     sys.stdin = io.StringIO()
     from IPython.core.interactiveshell import InteractiveShell
