@@ -127,6 +127,7 @@ class AdditiveAttention(nn.Module):
         mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         _check_attention_args(self, query, keys, values, mask)
+        # Compute `context` (B, Dv) and `weights` (B, S); the last two lines return them.
         q = self.W_query(query)  # (B, Dq) -> (B, A)
         k = self.W_key(keys)  # (B, S, Dk) -> (B, S, A)
         scores = self.v(torch.tanh(q[:, None, :] + k)).squeeze(-1)  # (B, S, A) -> (B, S)
