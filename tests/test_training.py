@@ -171,3 +171,27 @@ def test_exact_match_needs_the_whole_target_and_its_eos():
     assert exact_match(Fixed([4, 5, 6, 2]), examples, max_len=5).tolist() == [False]
     assert exact_match(Fixed([4, 5, 5, 5, 5]), examples, max_len=3).tolist() == [False]
     assert exact_match(Fixed([4, 2]), examples, max_len=5).tolist() == [False]
+
+
+def test_seq2seq_functions_name_what_is_wrong(tiny):
+    from course_lib.seq2seq import AdditiveAttention
+
+    attention = AdditiveAttention(3, 4, 5)
+    query, keys = torch.randn(2, 3), torch.randn(2, 6, 4)
+    with pytest.raises(ValueError, match="keys has Dk=5 but W_key has Dk=4"):
+        attention(query, torch.randn(2, 6, 5), keys)
+    with pytest.raises(ValueError, match="mask must be a boolean tensor"):
+        attention(query, keys, keys, torch.ones(2, 6))
+    with pytest.raises(ValueError, match=r"query must have shape \(B, Dq\)"):
+        attention(query[0], keys, keys)
+    task, examples = tiny
+    model = make_model(task)
+    batch = data.collate(examples[:2])
+    with pytest.raises(ValueError, match="src must hold integer token ids"):
+        greedy_decode(model, batch.src.float(), batch.src_lens, MAX_LEN)
+    with pytest.raises(ValueError, match="max_len must be a positive int"):
+        greedy_decode(model, batch.src, batch.src_lens, 0)
+    with pytest.raises(ValueError, match="tgt needs at least BOS and EOS"):
+        sequence_loss(model, batch.src, batch.src_lens, batch.tgt[:, :1])
+    with pytest.raises(ValueError, match="src_lens must lie in 1..S"):
+        model.encode(batch.src, batch.src_lens + 50)
