@@ -75,7 +75,7 @@ def course_lib_dir() -> Path:
 
 
 def secret_key(course: course_mod.Course) -> bytes:
-    path = Path(course.coursedir.root) / course.coursedir.autograded_directory / KEY_FILE
+    path = course.root / course.directory("autograded") / KEY_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -100,7 +100,7 @@ def checks_digest(course: course_mod.Course) -> str:
     """What the verdicts depend on besides the submission: the checks and the grader."""
     h = hashlib.sha256(GRADER_VERSION.encode())
     _tree_digest(h, course_lib_dir())
-    _tree_digest(h, Path(course.coursedir.root) / "hidden_checks")
+    _tree_digest(h, course.root / "hidden_checks")
     _tree_digest(h, Path(__file__).parent)
     return h.hexdigest()
 
@@ -178,13 +178,9 @@ class Judge:
     def stop(self) -> None:
         if self.log.closed:
             return
-        if self.process.poll() is None:
-            try:
-                self.process.stdin.close()
-                self.process.wait(timeout=10)
-            except (OSError, subprocess.TimeoutExpired):
-                self.process.kill()
-                self.process.wait()
+        if self.process.poll() is None:  # between jobs: nothing to lose, no need to wait
+            self.process.kill()
+            self.process.wait()
         self.log.close()
 
 
@@ -417,17 +413,40 @@ def grade(course_root: Path, assignment: str, options: Options) -> int:
     return 1 if any(r[1] == "error" for r in rows) else 0
 
 
+class Background:
+    """nbgrader's generate_assignment, run while the grading starts: importing nbgrader alone
+    takes seconds, and the gradebook is only needed when the first result comes in."""
+
+    def __init__(self, course, assignment: str, into: Path):
+        self.release: Path | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(course, assignment, into))
+        self.thread.start()
+
+    def _run(self, course, assignment, into) -> None:
+        try:
+            self.release = course.generate_assignment(assignment, into)
+        except BaseException as error:  # noqa: BLE001 - re-raised in the main thread
+            self.error = error
+
+    def wait(self) -> Path:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.release
+
+
 def _grade(course, assignment, options, sources, tmp: Path, pool: JudgePool) -> list[tuple]:
-    scratch_release = course.generate_assignment(assignment, tmp / "nbgrader")
-    release_paths = {
-        s.stem: course.release_notebook(assignment, s.stem) or scratch_release / f"{s.stem}.ipynb"
-        for s in sources
-    }
+    background = Background(course, assignment, tmp / "nbgrader")
+    release_paths = {s.stem: course.release_notebook(assignment, s.stem) for s in sources}
+    if not all(release_paths.values()):  # not released yet: use generate_assignment's output
+        scratch = background.wait()
+        release_paths = {s.stem: scratch / s.name for s in sources}
     releases = {name: json.loads(path.read_text()) for name, path in release_paths.items()}
     grading_dir = tmp / "grading"
     stubbed = stubs.build(grading_dir, course_lib_dir(), list(release_paths.values()), assignment)
     os.chmod(tmp, 0o755)
-    max_points = course_mod.grade_cells(course, assignment)
+    max_points = course_mod.grade_cells(sources)
     key = secret_key(course)
     common = checks_digest(course)
     students = options.students or course.students(assignment)
@@ -439,6 +458,7 @@ def _grade(course, assignment, options, sources, tmp: Path, pool: JudgePool) -> 
         prints[student] = fp
         existing = course_mod.read_json(course.autograded(student, assignment) / RESULT_FILE)
         if not options.force and existing and existing.get("fingerprint") == fp:
+            background.wait()
             course_mod.write_grades(course, assignment, student, existing)
             rows.append(summary_row(existing, "already graded (unchanged); skipped"))
             continue
@@ -477,6 +497,7 @@ def _grade(course, assignment, options, sources, tmp: Path, pool: JudgePool) -> 
     )
 
     def on_result(result: dict) -> None:
+        background.wait()
         student = result["student"]
         record = finalize(course, assignment, result, prints[student], max_points, releases)
         row = summary_row(record)
@@ -487,4 +508,5 @@ def _grade(course, assignment, options, sources, tmp: Path, pool: JudgePool) -> 
         )
 
     pool.run(jobs, options, on_result)
+    background.wait()
     return rows

@@ -24,13 +24,15 @@ from pathlib import Path
 
 @dataclass
 class Course:
+    """The course's paths, from its nbgrader config. Importing nbgrader takes seconds here, so
+    paths are resolved the way nbgrader's ``CourseDirectory`` does, without it; the gradebook
+    functions import it when they need it."""
+
     root: Path
-    config: object  # traitlets Config
-    coursedir: object  # nbgrader CourseDirectory
+    config: object  # traitlets Config, as nbgrader loads it
 
     @classmethod
     def load(cls, root: Path) -> Course:
-        from nbgrader.coursedir import CourseDirectory
         from traitlets.config.loader import PyFileConfigLoader
 
         root = Path(root).resolve()
@@ -39,44 +41,70 @@ class Course:
             os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
         config = PyFileConfigLoader("nbgrader_config.py", path=str(root)).load_config()
         config.CourseDirectory.root = str(root)
-        return cls(root, config, CourseDirectory(config=config))
+        return cls(root, config)
+
+    def _setting(self, name: str, default: str) -> str:
+        value = self.config.CourseDirectory.get(name)
+        return value if isinstance(value, str) and value else default
 
     @property
     def db_url(self) -> str:
-        return self.coursedir.db_url
+        default = "sqlite:///" + os.path.abspath(os.path.join(self.root, "gradebook.db"))
+        return self._setting("db_url", default)
 
     @property
     def course_id(self) -> str:
-        return self.coursedir.course_id
+        return self._setting("course_id", "")
+
+    def directory(self, step: str) -> str:
+        defaults = {
+            "source": "source",
+            "release": "release",
+            "submitted": "submitted",
+            "autograded": "autograded",
+            "feedback": "feedback",
+        }
+        return self._setting(f"{step}_directory", defaults[step])
 
     def folder(self, step: str, student: str, assignment: str) -> Path:
-        return Path(self.coursedir.format_path(step, student, assignment))
+        structure = self._setting(
+            "directory_structure",
+            os.path.join("{nbgrader_step}", "{student_id}", "{assignment_id}"),
+        )
+        relative = structure.format(
+            nbgrader_step=self.directory(step), student_id=student, assignment_id=assignment
+        )
+        return Path(os.path.normpath(os.path.join(self.root, relative)))
 
     def source_notebooks(self, assignment: str) -> list[Path]:
-        folder = self.folder(self.coursedir.source_directory, ".", assignment)
-        return sorted(folder.glob("*.ipynb"))
+        return sorted(self.folder("source", ".", assignment).glob("*.ipynb"))
 
     def release_notebook(self, assignment: str, name: str) -> Path | None:
-        path = self.folder(self.coursedir.release_directory, ".", assignment) / f"{name}.ipynb"
+        path = self.folder("release", ".", assignment) / f"{name}.ipynb"
         return path if path.is_file() else None
 
     def students(self, assignment: str) -> list[str]:
-        root = Path(self.coursedir.root) / self.coursedir.submitted_directory
+        root = self.root / self.directory("submitted")
         if not root.is_dir():
             return []
         return sorted(p.parent.name for p in root.glob(f"*/{assignment}") if p.is_dir())
 
     def submitted(self, student: str, assignment: str) -> Path:
-        return self.folder(self.coursedir.submitted_directory, student, assignment)
+        return self.folder("submitted", student, assignment)
 
     def autograded(self, student: str, assignment: str) -> Path:
-        return self.folder(self.coursedir.autograded_directory, student, assignment)
+        return self.folder("autograded", student, assignment)
 
     def feedback(self, student: str, assignment: str) -> Path:
-        return self.folder(self.coursedir.feedback_directory, student, assignment)
+        return self.folder("feedback", student, assignment)
 
     def timestamp(self, student: str, assignment: str):
-        return self.coursedir.get_existing_timestamp(str(self.submitted(student, assignment)))
+        path = self.submitted(student, assignment) / "timestamp.txt"
+        if not path.is_file() or not path.read_text().strip():
+            return None
+        from nbgrader.utils import parse_utc
+
+        return parse_utc(path.read_text().strip())
 
     def generate_assignment(self, assignment: str, into: Path) -> Path:
         """Run nbgrader's generate_assignment on the source into a scratch course: it records
@@ -86,7 +114,7 @@ class Course:
         from nbgrader.coursedir import CourseDirectory
         from traitlets.config import Config
 
-        source = self.folder(self.coursedir.source_directory, ".", assignment)
+        source = self.folder("source", ".", assignment)
         scratch = Path(into)
         shutil.copytree(source, scratch / "source" / assignment)
         config = Config(self.config)
@@ -191,15 +219,18 @@ def _late_plugin(course: Course):
     return kind(parent=preprocessor)
 
 
-def grade_cells(course: Course, assignment: str) -> dict[str, dict[str, float]]:
-    """notebook -> grade cell -> max points, from the gradebook."""
-    from nbgrader.api import Gradebook
-
-    with Gradebook(course.db_url, course.course_id) as gb:
-        return {
-            nb.name: {cell.name: float(cell.max_score) for cell in nb.grade_cells}
-            for nb in gb.find_assignment(assignment).notebooks
-        }
+def grade_cells(sources: list[Path]) -> dict[str, dict[str, float]]:
+    """notebook -> grade cell -> max points, from the source notebooks (as generate_assignment
+    records them in the gradebook)."""
+    out = {}
+    for path in sources:
+        cells = {}
+        for cell in json.loads(Path(path).read_text())["cells"]:
+            grading = cell.get("metadata", {}).get("nbgrader", {})
+            if grading.get("grade"):
+                cells[grading["grade_id"]] = float(grading.get("points", 0))
+        out[Path(path).stem] = cells
+    return out
 
 
 def atomic_write(path: Path, text: str) -> None:

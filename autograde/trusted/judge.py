@@ -428,6 +428,8 @@ def _die_with_parent() -> None:
 
 def main() -> None:
     _die_with_parent()
+    os.environ["NBGRADER_EXECUTION"] = "autograde"  # as in nbgrader's kernels
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the sandbox has no GPU: neither do the checks
     protocol = os.fdopen(os.dup(1), "w", buffering=1)
     sys.stdout = sys.stderr  # nothing but answers goes to the batch on fd 1
     course = Path(sys.argv[1]) if len(sys.argv) > 1 else Path.cwd()

@@ -153,6 +153,7 @@ def worker_env(scratch: str, threads: int = 1) -> dict[str, str]:
         "OMP_NUM_THREADS": str(threads),
         "MKL_NUM_THREADS": str(threads),
         "CUDA_VISIBLE_DEVICES": "",
+        "NBGRADER_EXECUTION": "autograde",  # as nbgrader sets it while autograding
     }
 
 

@@ -521,9 +521,14 @@ def main(argv: list[str] | None = None) -> None:
     from IPython.core.interactiveshell import InteractiveShell
     from traitlets.config import Config
 
+    class Shell(InteractiveShell):
+        def enable_gui(self, gui=None):  # `%matplotlib inline` works as in a kernel
+            pass
+
     config = Config()
     config.HistoryManager.enabled = False
-    worker.shell = InteractiveShell.instance(config=config)
+    config.InteractiveShell.colors = "nocolor"
+    worker.shell = Shell.instance(config=config)
     try:
         worker.serve()
     except wire.PeerGone:
