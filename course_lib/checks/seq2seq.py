@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -42,24 +41,6 @@ from course_lib.checks.core import (
 
 F64 = torch.float64
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
-
-
-@contextmanager
-def _relayed():
-    """A stand-in's own failure, raised while the student's code runs, is a check failure.
-
-    When the student's code runs in a sandboxed process, the stand-in's CheckFailed comes back
-    as a look-alike exception of the same name: turn it back into a CheckFailed here, so the
-    message reads as a diagnosis, not as a crash of the student's code.
-    """
-    try:
-        yield
-    except CheckFailed:
-        raise
-    except Exception as error:
-        if type(error).__name__ == "CheckFailed":
-            raise CheckFailed(str(error)) from None
-        raise
 
 
 def _randn(gen: torch.Generator, *shape: int, dtype=torch.float32) -> torch.Tensor:
@@ -125,8 +106,7 @@ def additive_scores(Wq, Wk, v, query, keys) -> torch.Tensor:
 
 
 def _call_attention(module, query, keys, values, mask):
-    with _relayed():
-        result = module(query, keys, values, mask)
+    result = module(query, keys, values, mask)
     expect(
         isinstance(result, tuple) and len(result) == 2,
         "forward must return a tuple (context, weights)",
@@ -429,8 +409,7 @@ def check_decoder_step(cls, B=2, S=5, V=7, E=3, Dk=6, D=4, A=5, dtype=torch.floa
 
     def call(*args):
         decoder.attention.calls = []
-        with _relayed():
-            result = decoder.step(*(args or (prev, state, memory, mask)))
+        result = decoder.step(*(args or (prev, state, memory, mask)))
         expect(
             isinstance(result, tuple) and len(result) == 3,
             "step must return a tuple (logits, state, weights)",
@@ -634,8 +613,7 @@ def check_sequence_loss(fn, B=3, L=6, V=9, S=4, pad_id=PAD_ID, dtype=torch.float
 
     def call():
         model.n_calls = 0
-        with _relayed():
-            got = fn(model, src, src_lens, tgt, pad_id=pad_id)
+        got = fn(model, src, src_lens, tgt, pad_id=pad_id)
         expect(
             not isinstance(got, float | int),
             "the loss is a Python number: return the tensor (not .item()), so training "
@@ -807,8 +785,7 @@ def check_greedy_decode(
                 plan[e] = eos_id
             plans.append(plan)
         model = ScriptedDecoder(plans, eos_steps, V, S, limit, bos_id, gen)
-        with _relayed():
-            result = fn(model, src, src_lens, max_len, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id)
+        result = fn(model, src, src_lens, max_len, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id)
         expect(
             isinstance(result, tuple) and len(result) == 2,
             "greedy_decode must return a tuple (tokens, weights)",
