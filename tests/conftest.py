@@ -22,3 +22,11 @@ def built_book():
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return ROOT / "_build" / "html"
+
+
+def pytest_generate_tests(metafunc):
+    """Parametrize GradingContract tests with their class's alternatives and mutants."""
+    for kind in ("alternative", "mutant"):
+        if kind in metafunc.fixturenames and hasattr(metafunc.cls, "cases"):
+            values, ids = metafunc.cls.cases(kind)
+            metafunc.parametrize(kind, values, ids=ids)

@@ -53,3 +53,38 @@ def scores(chapter: Chapter, ns: dict) -> dict[str, int]:
 
 def full_marks(chapter: Chapter) -> dict[str, int]:
     return {c.metadata["grade_id"]: c.metadata["points"] for c in chapter.cells("tests")}
+
+
+class GradingContract:
+    """What grading guarantees for a chapter; a test class per chapter fills in the cases.
+
+    ``alternatives`` maps a name to correct code written differently (full marks);
+    ``mutants`` maps a bug class to (the test cell that must fail, the buggy code).
+    ``prelude`` is prepended to every case (shared imports).
+    """
+
+    chapter: Chapter
+    alternatives: dict[str, str]
+    mutants: dict[str, tuple[str, str]]
+    prelude: str = ""
+
+    @classmethod
+    def cases(cls, kind: str):
+        table = cls.alternatives if kind == "alternative" else cls.mutants
+        return list(table.values()), list(table)
+
+    def test_reference_earns_full_marks(self):
+        assert scores(self.chapter, namespace(self.chapter)) == full_marks(self.chapter)
+
+    def test_blank_release_earns_nothing(self):
+        earned = scores(self.chapter, namespace(self.chapter, released=True))
+        assert earned == dict.fromkeys(full_marks(self.chapter), 0)
+
+    def test_correct_alternative_earns_full_marks(self, alternative):
+        ns = namespace(self.chapter, self.prelude + alternative)
+        assert scores(self.chapter, ns) == full_marks(self.chapter)
+
+    def test_mutant_loses_only_its_exercise(self, mutant):
+        exercise, code = mutant
+        expected = {**full_marks(self.chapter), exercise: 0}
+        assert scores(self.chapter, namespace(self.chapter, self.prelude + code)) == expected

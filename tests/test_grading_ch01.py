@@ -1,9 +1,7 @@
 """Chapter 1's checks: the reference and correct alternatives earn full marks, the blank
 release earns nothing, and each known bug loses exactly the points of its own exercise."""
 
-import pytest
-
-from tests.exercises import full_marks, namespace, scores
+from tests.exercises import GradingContract
 from tools.chapters import SOURCES, load
 
 CHAPTER = load(SOURCES / "01-queries-keys-values.md")
@@ -121,21 +119,7 @@ def soft_lookup(query, keys, values):
 }
 
 
-def test_reference_earns_full_marks():
-    assert scores(CHAPTER, namespace(CHAPTER)) == full_marks(CHAPTER)
-
-
-def test_blank_release_earns_nothing():
-    earned = scores(CHAPTER, namespace(CHAPTER, released=True))
-    assert earned == dict.fromkeys(full_marks(CHAPTER), 0)
-
-
-@pytest.mark.parametrize("code", ALTERNATIVES.values(), ids=ALTERNATIVES.keys())
-def test_correct_alternative_earns_full_marks(code):
-    assert scores(CHAPTER, namespace(CHAPTER, code)) == full_marks(CHAPTER)
-
-
-@pytest.mark.parametrize("exercise, code", MUTANTS.values(), ids=MUTANTS.keys())
-def test_mutant_loses_only_its_exercise(exercise, code):
-    expected = {**full_marks(CHAPTER), exercise: 0}
-    assert scores(CHAPTER, namespace(CHAPTER, code)) == expected
+class TestChapter1(GradingContract):
+    chapter = CHAPTER
+    alternatives = ALTERNATIVES
+    mutants = MUTANTS

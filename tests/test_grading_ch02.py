@@ -6,7 +6,7 @@ import re
 import pytest
 import torch
 
-from tests.exercises import full_marks, namespace, scores
+from tests.exercises import GradingContract
 from tools.chapters import SOURCES, load
 
 CHAPTER = load(SOURCES / "02-scaled-dot-product-attention.md")
@@ -248,26 +248,6 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None):
 }
 
 
-def test_reference_earns_full_marks():
-    assert scores(CHAPTER, namespace(CHAPTER)) == full_marks(CHAPTER)
-
-
-def test_blank_release_earns_nothing():
-    earned = scores(CHAPTER, namespace(CHAPTER, released=True))
-    assert earned == dict.fromkeys(full_marks(CHAPTER), 0)
-
-
-@pytest.mark.parametrize("code", ALTERNATIVES.values(), ids=ALTERNATIVES.keys())
-def test_correct_alternative_earns_full_marks(code):
-    assert scores(CHAPTER, namespace(CHAPTER, "import math\n" + code)) == full_marks(CHAPTER)
-
-
-@pytest.mark.parametrize("exercise, code", MUTANTS.values(), ids=MUTANTS.keys())
-def test_mutant_loses_only_its_exercise(exercise, code):
-    expected = {**full_marks(CHAPTER), exercise: 0}
-    assert scores(CHAPTER, namespace(CHAPTER, code)) == expected
-
-
 def test_sdpa_mutants_apply_their_edits():
     """Each edited reference differs from the reference (no edit silently missed)."""
     for exercise, code in MUTANTS.values():
@@ -317,3 +297,10 @@ def test_argument_checks_name_the_argument(message, call):
 
     with pytest.raises(ValueError, match=re.escape(message)):
         call(attention)
+
+
+class TestChapter2(GradingContract):
+    chapter = CHAPTER
+    alternatives = ALTERNATIVES
+    mutants = MUTANTS
+    prelude = "import math\n"
