@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # nbgrader and jupyter-book call other tools of the venv by name.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: book test test-fast sync lint clean venv
+.PHONY: book test test-fast sync lint clean venv grade feedback
 
 venv: $(STAMP)
 
@@ -38,6 +38,13 @@ test: $(STAMP)
 # Everything but the slow marks (full nbgrader round trips, the book build, the browser).
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
+
+# Hardened grading of untrusted submissions (autograde/README.md): make grade A=01-queries-keys-values
+grade: $(STAMP)
+	$(BIN)/python -m autograde grade $(A) $(if $(WORKERS),--workers $(WORKERS))
+
+feedback: $(STAMP)
+	$(BIN)/python -m autograde feedback $(A)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
