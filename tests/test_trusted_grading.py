@@ -206,6 +206,8 @@ fake.attention = types.ModuleType("hidden_checks.attention")
 for name in ("hidden_check_dot_scores", "hidden_check_softmax", "hidden_check_soft_lookup"):
     setattr(fake.attention, name, lambda *a, **k: None)
 sys.modules["hidden_checks"], sys.modules["hidden_checks.attention"] = fake, fake.attention
+checks = types.SimpleNamespace(check_softmax=lambda *a: None)  # names the test cells use
+hidden_check_softmax = hidden_check_dot_scores = lambda *a: None
 """
 DELEGATE = {
     "dot_scores": (
@@ -684,5 +686,5 @@ def test_resumes_after_kill_and_is_idempotent(tmp_path, bwrap_works):
     assert {r["student_id"]: float(r["score"]) for r in rows} == expected
     again = grade(course, CH1)  # idempotent: nothing regraded, nothing changed
     assert again.stdout.count("already graded (unchanged); skipped") == len(students)
-    assert export(course) == rows
+    assert export(course) == rows, (rows, again.stdout)
     assert results(course, CH1) == second

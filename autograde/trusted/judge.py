@@ -202,7 +202,20 @@ def _names(tree: ast.AST) -> list[str]:
     return sorted({node.id for node in ast.walk(tree) if isinstance(node, ast.Name)})
 
 
-def _judge_value(value, carry_modules: bool = True):
+def _assigned(tree: ast.AST) -> set[str]:
+    """The names a cell binds at its top level (imports, assignments, definitions)."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+    return names
+
+
+def _judge_value(value):
     """What a name of the student's becomes in a test cell run here."""
     from . import wire
 
@@ -245,12 +258,12 @@ def run_test_cell(runner: Runner, index: int, step, carry: dict) -> dict:
             resolved = {}
         namespace = {"__name__": "__main__", "__builtins__": builtins}
         for name in _names(tree):
-            if name in resolved:
+            if name in carry:  # bound by an earlier test cell: ours, whatever the student did
+                namespace[name] = carry[name]
+            elif name in resolved:
                 value = _judge_value(resolved[name])
                 if value is not None or resolved[name] is None:
                     namespace[name] = value
-            elif name in carry:
-                namespace[name] = carry[name]
         if error is None:
             last = None
             if tree.body and isinstance(tree.body[-1], ast.Expr):
@@ -274,8 +287,9 @@ def run_test_cell(runner: Runner, index: int, step, carry: dict) -> dict:
                     error = failure
                 except (KeyboardInterrupt, SystemExit) as stop:
                     error = stop
-        for name, value in namespace.items():
-            if not name.startswith("__") and not isinstance(value, RemoteObject):
+        for name in _assigned(tree):  # what this cell defined, for the next test cells
+            value = namespace.get(name)
+            if name in namespace and not isinstance(value, RemoteObject):
                 carry[name] = value
     if session is not None and session.lost is not None:
         error = session.lost
