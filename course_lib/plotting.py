@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+from importlib.util import find_spec
 from pathlib import Path
 
-import koreanize_matplotlib
 import matplotlib.pyplot as plt
 import torch
 from matplotlib import font_manager
 
 # NanumGothic ships inside koreanize-matplotlib (a pinned dependency), so Korean labels render
-# on any machine without a system font and without a download.
-_FONTS = Path(koreanize_matplotlib.__file__).parent / "fonts"
+# on any machine without a system font and without a download. Only its font files are used:
+# importing that package would restyle every plot as a side effect.
+_FONTS = Path(find_spec("koreanize_matplotlib").submodule_search_locations[0]) / "fonts"
 for _ttf in sorted(_FONTS.glob("NanumGothic*.ttf")):
     font_manager.fontManager.addfont(str(_ttf))
 # DejaVu Sans (matplotlib's default, with the math minus sign) first; Hangul falls back to Nanum.
