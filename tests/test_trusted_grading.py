@@ -298,6 +298,12 @@ def softmax(scores, dim=-1):
 """
 
 
+BREAK_WORKER = """
+import _grader.worker as machinery  # the sandbox's side of the grader: the student's to break
+machinery.Worker.resolve = lambda self, names, blobs: 1 / 0
+"""
+
+
 def hardcoded_softmax() -> str:
     """A softmax right only on the inputs the public checks draw (seeds from the public repo):
     it earns full marks from checks that use those seeds, nothing with the secret seeds."""
@@ -360,6 +366,7 @@ def hostile(course: Path, port: int) -> dict[str, object]:
         "exit-cell": synthetic.add_cell(reference, "import os\nos._exit(3)\n", "softmax_tests"),
         "exit-exercise": synthetic.with_code(reference, {"dot_scores": EXIT_IN_DOT_SCORES}),
         "protocol-garbage": synthetic.with_code(reference, {"softmax": GARBAGE_SOFTMAX}),
+        "break-worker": synthetic.add_cell(reference, BREAK_WORKER, "dot_scores_tests"),
         "deleted-tests": synthetic.drop_cells(
             reference, {"dot_scores_tests", "softmax_tests", "soft_lookup_tests"}
         ),
@@ -400,6 +407,7 @@ EXPECTED = {
     "honest-buggy": ("graded", NO_SOFTMAX),
     "honest-warning": ("graded", NO_SOFTMAX),
     "tamper": ("graded", ZERO),
+    "break-worker": ("graded", {**ZERO, "dot_scores_tests": 2.0}),
     "delegate": ("graded", ZERO),
     "hardcode": ("graded", NO_SOFTMAX),
     "snoop": ("graded", FULL),

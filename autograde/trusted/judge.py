@@ -148,7 +148,10 @@ class Runner:
                     contextlib.redirect_stdout(TaggedStream()),
                     contextlib.redirect_stderr(TaggedStream()),
                 ):
-                    session.exec_cell(source)
+                    try:
+                        session.exec_cell(source)
+                    except Exception:  # noqa: BLE001, S110 - the student's worker misbehaved
+                        pass
         except WorkerLost as lost:
             self.broken = f"the worker could not be restarted: {lost.reason}"
             session.close()
@@ -184,7 +187,12 @@ def run_student_cell(runner: Runner, index: int, step) -> list[dict]:
         session = runner.ensure()
         session.deadline = runner.cell_deadline()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            error = session.exec_cell(step.source)
+            try:
+                error = session.exec_cell(step.source)
+            except WorkerLost:
+                raise
+            except Exception as failure:  # noqa: BLE001 - the worker broke its own machinery
+                error = {"type": type(failure).__name__, "message": str(failure)}
         runner.history.append(step.source)
     except WorkerLost as lost:
         if runner.session is not None and runner.session.lost is lost:
@@ -256,6 +264,9 @@ def run_test_cell(runner: Runner, index: int, step, carry: dict) -> dict:
         except WorkerLost as lost:
             error = lost
             resolved = {}
+        except Exception as failure:  # noqa: BLE001 - the student's worker misbehaved
+            error = failure
+            resolved = {}
         namespace = {"__name__": "__main__", "__builtins__": builtins}
         for name in _names(tree):
             if name in carry:  # bound by an earlier test cell: ours, whatever the student did
@@ -304,6 +315,8 @@ def run_test_cell(runner: Runner, index: int, step, carry: dict) -> dict:
             session.release()
         except WorkerLost as lost:
             runner.lost(index, step, lost)
+        except Exception:  # noqa: BLE001, S110 - only the student's own process is affected
+            pass
     outputs = _stream("stdout", out.text()) + _stream("stderr", err.text())
     if display is not None:
         outputs.append(
