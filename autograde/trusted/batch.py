@@ -395,18 +395,13 @@ def grade(course_root: Path, assignment: str, options: Options) -> int:
     else:
         _log(options, "warning: --no-sandbox: student code runs without isolation")
     started = time.monotonic()
+    course = course_mod.Course.load(course_root)
+    sources = course.source_notebooks(assignment)
+    if not sources:
+        print(f"error: no notebooks in source/{assignment}", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory(prefix="autograde-") as tmp:
-        tmp = Path(tmp)
-        pool = JudgePool(options.workers, Path(course_root).resolve(), tmp)
-        try:
-            course = course_mod.Course.load(course_root)
-            sources = course.source_notebooks(assignment)
-            if not sources:
-                print(f"error: no notebooks in source/{assignment}", file=sys.stderr)
-                return 2
-            rows = _grade(course, assignment, options, sources, tmp, pool)
-        finally:
-            pool.stop()
+        rows = _grade(course, assignment, options, sources, Path(tmp))
     rows.sort(key=lambda r: r[0])
     print_summary(rows, options)
     _log(options, f"done in {time.monotonic() - started:.1f} s")
@@ -436,31 +431,25 @@ class Background:
         return self.release
 
 
-def _grade(course, assignment, options, sources, tmp: Path, pool: JudgePool) -> list[tuple]:
+def _grade(course, assignment, options, sources, tmp: Path) -> list[tuple]:
     background = Background(course, assignment, tmp / "nbgrader")
     release_paths = {s.stem: course.release_notebook(assignment, s.stem) for s in sources}
     if not all(release_paths.values()):  # not released yet: use generate_assignment's output
         scratch = background.wait()
         release_paths = {s.stem: scratch / s.name for s in sources}
-    releases = {name: json.loads(path.read_text()) for name, path in release_paths.items()}
     grading_dir = tmp / "grading"
-    stubbed = stubs.build(grading_dir, course_lib_dir(), list(release_paths.values()), assignment)
-    os.chmod(tmp, 0o755)
-    max_points = course_mod.grade_cells(sources)
     key = secret_key(course)
     common = checks_digest(course)
-    students = options.students or course.students(assignment)
     rows: list[tuple] = []
+    skipped: list[tuple[str, dict]] = []
     jobs = []
     prints: dict[str, str] = {}
-    for student in students:
+    for student in options.students or course.students(assignment):
         fp = fingerprint(course, assignment, student, sources, common, options)
         prints[student] = fp
         existing = course_mod.read_json(course.autograded(student, assignment) / RESULT_FILE)
         if not options.force and existing and existing.get("fingerprint") == fp:
-            background.wait()
-            course_mod.write_grades(course, assignment, student, existing)
-            rows.append(summary_row(existing, "already graded (unchanged); skipped"))
+            skipped.append((student, existing))
             continue
         jobs.append(
             {
@@ -477,9 +466,7 @@ def _grade(course, assignment, options, sources, tmp: Path, pool: JudgePool) -> 
                 ],
                 "salt": student_salt(key, assignment, student),
                 "grading_dir": str(grading_dir),
-                "stubbed": sorted(stubbed),
                 "sandbox": options.sandbox,
-                "threads": max(1, len(os.sched_getaffinity(0)) // options.workers),
                 "timeout": options.timeout,
                 "notebook_timeout": options.notebook_timeout,
                 "limits": {
@@ -489,24 +476,46 @@ def _grade(course, assignment, options, sources, tmp: Path, pool: JudgePool) -> 
                 },
             }
         )
-    skipped = len(rows)
-    if skipped:
-        _log(options, f"{skipped} submission(s) already graded and unchanged: skipped")
-    _log(
-        options, f"grading {len(jobs)} submission(s) of {assignment} on {options.workers} worker(s)"
-    )
-
-    def on_result(result: dict) -> None:
+    # The judges import torch and the checks while the rest is prepared.
+    pool = JudgePool(min(options.workers, len(jobs)), course.root, tmp) if jobs else None
+    try:
+        releases = {name: json.loads(path.read_text()) for name, path in release_paths.items()}
+        max_points = course_mod.grade_cells(sources)
+        if jobs:
+            stubbed = stubs.build(
+                grading_dir, course_lib_dir(), list(release_paths.values()), assignment
+            )
+            os.chmod(tmp, 0o755)
+            threads = max(1, len(os.sched_getaffinity(0)) // len(pool.judges))
+            for job in jobs:
+                job["stubbed"], job["threads"] = sorted(stubbed), threads
         background.wait()
-        student = result["student"]
-        record = finalize(course, assignment, result, prints[student], max_points, releases)
-        row = summary_row(record)
-        rows.append(row)
+        for student, existing in skipped:
+            course_mod.write_grades(course, assignment, student, existing)
+            rows.append(summary_row(existing, "already graded (unchanged); skipped"))
+        if skipped:
+            _log(options, f"{len(skipped)} submission(s) already graded and unchanged: skipped")
+        if not jobs:
+            return rows
         _log(
             options,
-            f"[{len(rows) - skipped}/{len(jobs)}] {student}: {row[1]}, {row[2]:g}/{row[3]:g}",
+            f"grading {len(jobs)} submission(s) of {assignment} on {len(pool.judges)} worker(s)",
         )
 
-    pool.run(jobs, options, on_result)
-    background.wait()
-    return rows
+        def on_result(result: dict) -> None:
+            student = result["student"]
+            record = finalize(course, assignment, result, prints[student], max_points, releases)
+            row = summary_row(record)
+            rows.append(row)
+            _log(
+                options,
+                f"[{len(rows) - len(skipped)}/{len(jobs)}] {student}: {row[1]}, "
+                f"{row[2]:g}/{row[3]:g}",
+            )
+
+        pool.run(jobs, options, on_result)
+        return rows
+    finally:
+        if pool is not None:
+            pool.stop()
+        background.thread.join()
