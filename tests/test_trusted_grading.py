@@ -550,6 +550,12 @@ def test_hostile_batch(tmp_path, bwrap_works):
     for student in EXPECTED:
         status = got[student]["status"]
         assert any(line.startswith(student) and status in line for line in lines)
+    # the autograded notebooks (formgrader, nbgrader's generate_feedback) hold no hidden test
+    for path in (course / "autograded").glob(f"*/{CH1}/{CH1}.ipynb"):
+        for cell in json.loads(path.read_text())["cells"]:
+            if cell["metadata"].get("nbgrader", {}).get("grade"):
+                assert "hidden_check_" not in cell["source"], path
+                assert "BEGIN HIDDEN" not in cell["source"], path
     # the student's patches were in effect in their process, and gained nothing
     patched = (course / "autograded" / "tamper" / CH1 / f"{CH1}.ipynb").read_text()
     assert "patched: True" in patched

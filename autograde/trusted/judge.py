@@ -37,6 +37,7 @@ SAFE_MODULES = frozenset(
     "torch numpy math cmath random collections itertools functools operator statistics "
     "string re typing dataclasses fractions decimal".split()
 )
+HIDDEN_NOTE = "# (hidden tests ran here; their code is in the source notebook)\n"
 OUTPUT_LIMIT = 20_000  # characters of a cell's output kept in the autograded notebook
 _SALT: list[int | None] = [None]
 
@@ -379,7 +380,11 @@ def grade_notebook(job: dict, spec: dict) -> dict:
     random.seed(job.get("salt"))
     try:
         for index, step in enumerate(steps):
-            cell = {"cell_type": step.cell_type, "metadata": step.metadata, "source": step.source}
+            source = step.source
+            if step.kind == "test" and notebooks.BEGIN_HIDDEN in source:
+                # nbgrader's own generate_feedback shows test cells: keep hidden tests out
+                source = notebooks.strip_hidden(source).rstrip("\n") + "\n" + HIDDEN_NOTE
+            cell = {"cell_type": step.cell_type, "metadata": step.metadata, "source": source}
             if step.cell_type == "code":
                 cell.update(execution_count=None, outputs=[])
                 if step.kind == "test":
