@@ -55,18 +55,23 @@ def exercise_html(cell: dict, score: float, points: float) -> str:
         parts.append('<ul class="checks">')
         parts += [f"<li>{_e(line)}</li>" for line in checks]
         parts.append("</ul>")
-    if cell.get("lost"):
+    if cell.get("invalid"):
+        parts.append(
+            f'<div class="message">Your notebook could not be graded: {_e(cell["invalid"])}.</div>'
+        )
+    elif cell.get("lost"):
         parts.append(
             f'<div class="message">Your code did not finish: {_e(cell["lost"])}. '
             "An infinite loop, a crash or too much memory costs this exercise's points.</div>"
         )
     elif cell.get("error"):
         error = cell["error"]
-        text = (
-            error["evalue"]
-            if error["ename"] == "CheckFailed"
-            else (f"{error['ename']}: {error['evalue']}")
-        )
+        if error["ename"] == "CheckFailed":
+            text = error["evalue"]
+        elif error["ename"] == "NotImplementedError" and not error["evalue"].strip():
+            text = "NotImplementedError: the exercise still raises NotImplementedError (not done?)"
+        else:
+            text = f"{error['ename']}: {error['evalue']}"
         parts.append(f'<div class="message">{_e(text)}</div>')
     elif not passed:
         parts.append(
@@ -103,8 +108,8 @@ def notebook_html(record: dict, name: str) -> str:
     cells = {c["grade_id"]: c for c in nb.get("cells", [])}
     for gid, points in max_points.items():
         cell = cells.get(gid, {"grade_id": gid, "error": None, "lost": None, "checks": []})
-        if gid not in cells and nb["status"] == "invalid":
-            cell["lost"] = nb.get("reason") or "the notebook could not be read"
+        if gid not in cells and nb["status"] in ("invalid", "error"):
+            cell["invalid"] = nb.get("reason") or "the notebook could not be read"
         body.append(exercise_html(cell, scores.get(gid, 0), points))
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
