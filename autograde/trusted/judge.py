@@ -375,6 +375,7 @@ def grade_notebook(job: dict, spec: dict) -> dict:
     runner = Runner(job)
     carry: dict = {}
     cells: list[dict] = []
+    ids: set[str] = set()
     tests: list[dict] = []
     _SALT[0] = job.get("salt")
     random.seed(job.get("salt"))
@@ -393,7 +394,8 @@ def grade_notebook(job: dict, spec: dict) -> dict:
                     tests.append(outcome)
                 elif step.kind in ("student", "given"):
                     cell["outputs"] = run_student_cell(runner, index, step)
-            cell["id"] = _cell_id(step, index, cells)
+            cell["id"] = _cell_id(step, index, ids)
+            ids.add(cell["id"])
             cells.append(cell)
     finally:
         runner.close()
@@ -407,7 +409,7 @@ def grade_notebook(job: dict, spec: dict) -> dict:
         status, reason = "crashed", runner.broken
     autograded = {
         "cells": cells,
-        "metadata": submitted.get("metadata") or source_nb.get("metadata") or {},
+        "metadata": source_nb.get("metadata") or {},  # as nbgrader's OverwriteKernelspec
         "nbformat": 4,
         "nbformat_minor": 5,
     }
@@ -422,8 +424,7 @@ def grade_notebook(job: dict, spec: dict) -> dict:
     }
 
 
-def _cell_id(step, index: int, cells: list[dict]) -> str:
-    taken = {c["id"] for c in cells}
+def _cell_id(step, index: int, taken: set[str]) -> str:
     wanted = step.grade_id or f"cell-{index:03d}"
     return wanted if wanted not in taken else f"{wanted}-{index:03d}"
 

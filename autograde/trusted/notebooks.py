@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 MAX_NOTEBOOK_BYTES = 64 * 1024 * 1024
+MAX_CELLS = 5000
+MAX_CELL_METADATA = 10_000  # bytes of a student cell's own metadata kept in the graded copy
 BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
 
 
@@ -46,6 +48,8 @@ def read(path: Path) -> dict:
         raise InvalidNotebook(f"{path.name} is not valid JSON ({error})") from None
     if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list):
         raise InvalidNotebook(f"{path.name} is not a Jupyter notebook (no list of cells)")
+    if len(nb["cells"]) > MAX_CELLS:
+        raise InvalidNotebook(f"{path.name} has more than {MAX_CELLS} cells")
     cells = []
     for cell in nb["cells"]:
         if not isinstance(cell, dict) or not isinstance(cell.get("cell_type"), str):
@@ -142,6 +146,8 @@ def plan(sources: list[SourceCell], submitted: dict) -> list[Step]:
         if sc is None:
             kind = "student" if cell["cell_type"] == "code" else "markdown"
             metadata = {k: v for k, v in cell["metadata"].items() if k != "nbgrader"}
+            if len(json.dumps(metadata)) > MAX_CELL_METADATA:
+                metadata = {}
             steps.append(Step(kind, cell["cell_type"], cell["source"], metadata))
             continue
         seen.add(sc.grade_id)
