@@ -499,6 +499,81 @@ def test_refuses_without_bwrap(monkeypatch, capsys, tmp_path):
     assert "apt-get install bubblewrap" in err and "--no-sandbox" in err
 
 
+class StandIn:
+    """A stand-in model as a check module would define one (see ScriptedDecoder in
+    course_lib/checks/seq2seq.py): it checks, as it is called, how the student's code uses it."""
+
+    __module__ = "course_lib.checks.standin"  # as if a check module had defined it
+
+    def __init__(self):
+        self.calls, self.public, self._expected = 0, [1, 2], "the expected answer"
+
+    def step(self, x):
+        from course_lib.checks.core import CheckFailed
+
+        self.calls += 1
+        if x != 1:
+            raise CheckFailed("step must be fed 1")
+        return x + 1
+
+
+STAND_IN_USER = """
+def decode(model):
+    try:
+        model.step(2)  # the stand-in complains ...
+    except Exception:
+        pass  # ... and the student's code swallows it
+    return model.step(1)
+
+def probe(model):
+    seen = {}
+    for name in ("_expected", "public", "step"):
+        try:
+            seen[name] = type(getattr(model, name)).__name__
+        except AttributeError:
+            seen[name] = "refused"
+    try:
+        model.calls = 0
+    except AttributeError:
+        seen["set"] = "refused"
+    return seen
+"""
+
+
+def test_check_objects_stay_with_the_judge(tmp_path, bwrap_works):
+    """A check's stand-in object is not copied into the sandbox: the student's code calls it
+    back in the judge, where its state is kept, where its complaints count even if the
+    student's code catches them, and from where nothing but its public attributes is
+    reachable."""
+    from autograde.trusted.remote import Session
+    from autograde.trusted.sandbox import SandboxConfig, WorkerProcess
+    from course_lib.checks.core import CheckFailed
+
+    stubs.build(tmp_path / "grading", ROOT / "course_lib", [], "none")
+    os.chmod(tmp_path, 0o755)
+    uids = batch.allocate_uids(1)
+    session = Session(WorkerProcess(SandboxConfig(tmp_path / "grading"), uids[0]), frozenset(), 1)
+    session.deadline = time.monotonic() + 120
+    try:
+        session.wait_ready()
+        assert session.exec_cell(STAND_IN_USER) is None
+        names = session.resolve(["decode", "probe"])
+        model = StandIn()
+        with pytest.raises(CheckFailed, match="step must be fed 1"):
+            names["decode"](model)
+        assert model.calls == 2  # both calls reached the judge's object
+        seen = names["probe"](model)
+        assert seen == {
+            "_expected": "refused",
+            "public": "list",
+            "step": "CallbackStub",
+            "set": "refused",
+        }
+    finally:
+        session.close()
+        batch.release_uids(uids)
+
+
 def test_hardcoded_answers_pass_with_public_seeds():
     """The control for the "hardcode" fixture: without the grader's secret seeds, answers
     looked up from the public checks' inputs earn the points."""

@@ -229,6 +229,7 @@ class Session:
         self.proxies: dict[int, RemoteObject] = {}
         self.callbacks: dict[int, object] = {}
         self.classes: dict[str, type] = {}
+        self.pending: BaseException | None = None  # a CheckFailed raised in a callback
 
     # ---------------------------------------------------------------- transport
 
@@ -338,6 +339,8 @@ class Session:
             return not self._resolves(obj)
         if isinstance(obj, (types.FunctionType, types.BuiltinFunctionType)):
             return not self._resolves(obj)
+        if _is_check_object(obj):  # a stand-in that checks how it is used: it stays here
+            return True
         if isinstance(obj, types.ModuleType) or callable(obj) and not _is_module(obj):
             return True
         kind = type(obj)
@@ -359,20 +362,42 @@ class Session:
         return cid
 
     def _serve_callback(self, tree, blobs) -> None:
-        fn = self.callbacks.get(tree.get("id"))
+        """Run what the worker asks of one of our objects: call it, or read an attribute.
+
+        Attributes are served only for the check modules' own stand-ins, and only public ones:
+        nothing the student asks for can walk from there to this process's modules. A
+        ``CheckFailed`` raised here is remembered, and raised again when the student's call
+        returns, even if the student's code caught it.
+        """
+        target = self.callbacks.get(tree.get("id"))
         try:
-            if fn is None:
-                raise RuntimeError("this grader function is no longer available")
-            args = self.decode(tree.get("args"), blobs)
-            if not (isinstance(args, tuple) and len(args) == 2 and isinstance(args[1], dict)):
-                raise self._fail("the worker broke the protocol: malformed callback")
-            value = fn(*args[0], **{str(k): v for k, v in args[1].items()})
+            if target is None:
+                raise RuntimeError("this grader object is no longer available")
+            if tree.get("op") == "getattr":
+                name = tree.get("name")
+                if not isinstance(name, str) or name.startswith("_"):
+                    raise AttributeError(f"the grader's {type(target).__name__} has no {name!r}")
+                if not _is_check_object(target):
+                    raise AttributeError("only calling this grader object is supported")
+                value = getattr(target, name)
+            else:
+                args = self.decode(tree.get("args"), blobs)
+                if not (isinstance(args, tuple) and len(args) == 2 and isinstance(args[1], dict)):
+                    raise self._fail("the worker broke the protocol: malformed callback")
+                value = target(*args[0], **{str(k): v for k, v in args[1].items()})
         except WorkerLost:
             raise
         except Exception as error:  # noqa: BLE001 - goes back to the student's code
+            if _is_check_failure(error) and self.pending is None:
+                self.pending = error
             self.send(("cb_error", type(error).__name__, str(error)[:2000]))
             return
         self.send(("cb_return", value))
+
+    def _raise_pending(self) -> None:
+        if self.pending is not None:
+            failure, self.pending = self.pending, None
+            raise failure
 
     # ---------------------------------------------------------------- requests
 
@@ -398,7 +423,12 @@ class Session:
 
     def op(self, name: str, proxy: RemoteObject, args: tuple):
         self._check_generation(proxy)
-        tree, blobs = self.request((name, proxy._id, args, self.context()))
+        try:
+            tree, blobs = self.request((name, proxy._id, args, self.context()))
+        except RemoteError:
+            self._raise_pending()
+            raise
+        self._raise_pending()
         self._after(tree, blobs)
         return self.decode(tree.get("value"), blobs)
 
@@ -406,7 +436,12 @@ class Session:
         self._check_generation(proxy)
         tensors = wire.walk_tensors((args, kwargs), self.is_opaque)
         grad = torch.is_grad_enabled()
-        tree, blobs = self.request(("call", proxy._id, (args, kwargs), self.context()))
+        try:
+            tree, blobs = self.request(("call", proxy._id, (args, kwargs), self.context()))
+        except RemoteError:
+            self._raise_pending()
+            raise
+        self._raise_pending()
         self._after(tree, blobs)
         decoder = self.decoder(blobs)
         try:
@@ -497,6 +532,25 @@ def _is_module(obj) -> bool:
     return isinstance(obj, torch.nn.Module)
 
 
+CHECK_MODULES = ("course_lib.checks", "hidden_checks")
+
+
+def _is_check_object(obj) -> bool:
+    """An instance of a class of the checks (a stand-in model that checks how the student's
+    code uses it, say), not a torch module: such objects stay with the judge."""
+    module = getattr(type(obj), "__module__", "") or ""
+    in_checks = any(module == m or module.startswith(m + ".") for m in CHECK_MODULES)
+    plain_function = isinstance(obj, (types.FunctionType, types.MethodType, functools.partial))
+    return in_checks and not isinstance(obj, (type, torch.nn.Module)) and not plain_function
+
+
+def _is_check_failure(error: BaseException) -> bool:
+    return any(
+        k.__name__ == "CheckFailed" and k.__module__.startswith(CHECK_MODULES)
+        for k in type(error).__mro__
+    )
+
+
 def _assign(original, new) -> None:
     """Make ``original`` (our tensor) equal to ``new`` (its state after the student's call)."""
     if not isinstance(new, torch.Tensor) or not isinstance(original, torch.Tensor):
@@ -547,7 +601,7 @@ class _Pickler(pickle.Pickler):
             return ("t", self.tensors[key], _tensor_payload(obj))
         if self.session.by_callback(obj):
             name = getattr(obj, "__name__", type(obj).__name__)
-            return ("cb", self.session.register_callback(obj), str(name))
+            return ("cb", self.session.register_callback(obj), str(name), _is_check_object(obj))
         return None
 
 

@@ -77,6 +77,30 @@ class CallbackStub:
         return f"<grader function {self.__name__}>"
 
 
+class GraderObject:
+    """An object of the checks that lives in the grader (a stand-in model, say): reading one
+    of its public attributes, or calling one of its methods, asks the grader."""
+
+    def __init__(self, worker: Worker, cid: int, name: str):
+        object.__setattr__(self, "_worker", worker)
+        object.__setattr__(self, "_cid", cid)
+        object.__setattr__(self, "_name", name)
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return self._worker.callback(self._cid, None, None, attribute=name)
+
+    def __call__(self, *args, **kwargs):
+        return self._worker.callback(self._cid, args, kwargs)
+
+    def __setattr__(self, name: str, value) -> None:
+        raise AttributeError(f"the grader's {self._name} is read-only")
+
+    def __repr__(self) -> str:
+        return f"<grader object {self._name}>"
+
+
 class Worker:
     def __init__(self):
         import torch
@@ -137,10 +161,14 @@ class Worker:
             os._exit(0)
         self.send(reply, blobs)
 
-    def callback(self, cid: int, args, kwargs):
+    def callback(self, cid: int, args, kwargs, attribute: str | None = None):
         blobs: list[bytes] = []
-        tree = self.encode((args, kwargs), blobs)
-        self.send({"kind": "callback", "id": cid, "args": tree}, blobs)
+        if attribute is None:
+            request = {"kind": "callback", "id": cid, "op": "call"}
+            request["args"] = self.encode((args, kwargs), blobs)
+        else:
+            request = {"kind": "callback", "id": cid, "op": "getattr", "name": attribute}
+        self.send(request, blobs)
         while True:
             message = self.receive()
             if message[0] == "cb_return":
@@ -283,7 +311,8 @@ class _Unpickler(pickle.Unpickler):
         if kind == "h":
             obj = self.worker.objects[pid[1]]
         elif kind == "cb":
-            obj = CallbackStub(self.worker, pid[1], pid[2])
+            stub = GraderObject if len(pid) > 3 and pid[3] else CallbackStub
+            obj = stub(self.worker, pid[1], pid[2])
         elif kind == "t":
             index, payload = pid[1], pid[2]
             if index not in self.tensors:
