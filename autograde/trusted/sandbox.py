@@ -120,7 +120,10 @@ def bwrap_argv(config: SandboxConfig, uid: int) -> list[str]:
     grading = Path(config.grading_dir)
     for name in ("passwd", "group"):
         argv += ["--ro-bind", str(grading / "etc" / name), f"/etc/{name}"]
-    made: set[Path] = {Path("/"), Path("/usr"), Path("/etc")}
+    # The writable /tmp is mounted before the interpreter's directories: a virtual environment
+    # that lives under /tmp (a CI checkout, say) is then bound on top of it, not hidden by it.
+    argv += ["--perms", "1777", "--size", str(config.limits.tmp_size), "--tmpfs", "/tmp"]
+    made: set[Path] = {Path("/"), Path("/usr"), Path("/etc"), Path("/tmp")}
     for root in _python_roots(config.python):
         for parent in reversed(root.parents):
             if parent not in made:
@@ -130,7 +133,6 @@ def bwrap_argv(config: SandboxConfig, uid: int) -> list[str]:
         made.add(root)
     argv += ["--ro-bind", str(grading), "/grader"]
     argv += ["--proc", "/proc", "--dev", "/dev"]
-    argv += ["--perms", "1777", "--size", str(config.limits.tmp_size), "--tmpfs", "/tmp"]
     argv += ["--chdir", "/tmp", "--", config.python, "-I", "-B", "-c", BOOT]
     argv += ["--lib", "/grader", "--mplcache", "/grader/mplcache", "--scratch", "/tmp/work"]
     if os.geteuid() == 0:
