@@ -4,6 +4,7 @@ from pathlib import Path
 
 import matplotlib
 import pytest
+from filelock import FileLock
 
 ROOT = Path(__file__).resolve().parent.parent
 # tools/ (the sync pipeline) and autograde/hidden_checks are imported by the tests.
@@ -16,10 +17,16 @@ matplotlib.use("Agg")
 
 @pytest.fixture(scope="session")
 def built_book():
-    """The HTML book, built once per test session with `python -m tools.book` (cached)."""
-    result = subprocess.run(
-        [sys.executable, "-m", "tools.book"], cwd=ROOT, capture_output=True, text=True
-    )
+    """The HTML book, built with `python -m tools.book` (cached after the first build).
+
+    A file lock keeps two test processes from building at once: jupyter-cache is not safe
+    for concurrent writers.
+    """
+    (ROOT / "_build").mkdir(exist_ok=True)
+    with FileLock(ROOT / "_build" / ".book.lock"):
+        result = subprocess.run(
+            [sys.executable, "-m", "tools.book"], cwd=ROOT, capture_output=True, text=True
+        )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return ROOT / "_build" / "html"
 
