@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,19 +29,6 @@ from tools.chapters import ROOT, load_all
 from tools.sync import venv_env
 
 AUTOGRADE = ROOT / "autograde"
-
-
-def make_course(folder: Path, name: str) -> Path:
-    folder.mkdir(parents=True)
-    shutil.copy(AUTOGRADE / "nbgrader_config.py", folder)
-    shutil.copytree(
-        AUTOGRADE / "hidden_checks",
-        folder / "hidden_checks",
-        ignore=shutil.ignore_patterns("__pycache__"),
-    )
-    for step in ("source", "release"):
-        shutil.copytree(AUTOGRADE / step / name, folder / step / name)
-    return folder
 
 
 def submissions(name: str, k: int) -> dict[str, dict]:
@@ -132,8 +118,8 @@ def main() -> None:
     totals = [0.0, 0.0, 0]
     with tempfile.TemporaryDirectory(prefix="grading-benchmark-") as tmp:
         for name in args.chapters:
-            plain = make_course(Path(tmp) / name / "plain", name)
-            trusted = make_course(Path(tmp) / name / "trusted", name)
+            plain = synthetic.scratch_course(Path(tmp) / name / "plain", [name])
+            trusted = synthetic.scratch_course(Path(tmp) / name / "trusted", [name])
             for student, nb in submissions(name, args.k).items():
                 for course in (plain, trusted):
                     synthetic.submit(nb, course, student, name, name)

@@ -17,7 +17,6 @@ import ast
 import csv
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -43,19 +42,7 @@ FAST_LIMITS = ["--timeout", "6", "--notebook-timeout", "90", "--memory", "1536"]
 
 
 def make_course(tmp: Path, chapters: list[str]) -> Path:
-    """A scratch nbgrader course with these chapters (source, release, hidden checks)."""
-    course = tmp / "course"
-    course.mkdir(parents=True)
-    shutil.copy(AUTOGRADE / "nbgrader_config.py", course)
-    shutil.copytree(
-        AUTOGRADE / "hidden_checks",
-        course / "hidden_checks",
-        ignore=shutil.ignore_patterns("__pycache__"),
-    )
-    for name in chapters:
-        for step in ("source", "release"):
-            shutil.copytree(AUTOGRADE / step / name, course / step / name)
-    return course
+    return synthetic.scratch_course(tmp / "course", chapters)
 
 
 def notebooks_of(name: str) -> tuple[dict, dict]:

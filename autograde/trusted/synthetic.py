@@ -10,9 +10,29 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from pathlib import Path
 
 SOLUTION_MARKERS = ("### BEGIN SOLUTION", "### END SOLUTION")
+
+
+COURSE = Path(__file__).resolve().parent.parent  # autograde/, the nbgrader course root
+
+
+def scratch_course(folder: Path, chapters: list[str]) -> Path:
+    """A throwaway nbgrader course in ``folder``: the config, the hidden checks, and these
+    chapters' source and release notebooks (for tests and benchmarks)."""
+    folder.mkdir(parents=True)
+    shutil.copy(COURSE / "nbgrader_config.py", folder)
+    shutil.copytree(
+        COURSE / "hidden_checks",
+        folder / "hidden_checks",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    for name in chapters:
+        for step in ("source", "release"):
+            shutil.copytree(COURSE / step / name, folder / step / name)
+    return folder
 
 
 def load(path: Path) -> dict:
