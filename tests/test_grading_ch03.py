@@ -123,11 +123,28 @@ def greedy_decode(model, src, src_lens, max_len, bos_id=BOS_ID, eos_id=EOS_ID, p
 _ATTENTION = """
 class AdditiveAttention(AdditiveAttention):
     def forward(self, query, keys, values, mask=None):
-        scores = self.v(torch.tanh(self.W_query(query)[:, None, :] + self.W_key(keys)))[..., 0]
+        {before}scores = {scores}
         {body}
-        context = torch.bmm(weights[:, None, :], values)[:, 0]
+        context = {context}
         return context, weights
 """
+_SCORES = "self.v(torch.tanh(self.W_query(query)[:, None, :] + self.W_key(keys)))[..., 0]"
+_MASKED_SOFTMAX = (
+    "if mask is not None:\n"
+    "    scores = scores.masked_fill(~mask, float('-inf'))\n"
+    "weights = torch.softmax(scores, -1).nan_to_num(0.0)"
+)
+
+
+def _attention(
+    body=_MASKED_SOFTMAX,
+    scores=_SCORES,
+    context="torch.bmm(weights[:, None, :], values)[:, 0]",
+    before="",
+):
+    """The reference additive attention with one part replaced (a mutant)."""
+    return _ATTENTION.format(before=before, scores=scores, body=_indent(body), context=context)
+
 
 _STEP = """
 class AttentionDecoder(AttentionDecoder):
@@ -176,12 +193,12 @@ MUTANTS = {
     # ------------------------------------------------------------------ additive attention
     "attention: padding keys not masked": (
         "additive_attention_tests",
-        _ATTENTION.format(body="weights = torch.softmax(scores, dim=-1)"),
+        _attention(body="weights = torch.softmax(scores, dim=-1)"),
     ),
     "attention: mask polarity inverted": (
         "additive_attention_tests",
-        _ATTENTION.format(
-            body=_indent(
+        _attention(
+            body=(
                 "if mask is not None:\n"
                 "    scores = scores.masked_fill(mask, float('-inf'))\n"
                 "weights = torch.softmax(scores, -1).nan_to_num(0.0)"
@@ -190,8 +207,8 @@ MUTANTS = {
     ),
     "attention: mask applied after the softmax": (
         "additive_attention_tests",
-        _ATTENTION.format(
-            body=_indent(
+        _attention(
+            body=(
                 "weights = torch.softmax(scores, -1)\n"
                 "if mask is not None:\n"
                 "    weights = weights * mask"
@@ -200,8 +217,8 @@ MUTANTS = {
     ),
     "attention: scores over the wrong axis (batch)": (
         "additive_attention_tests",
-        _ATTENTION.format(
-            body=_indent(
+        _attention(
+            body=(
                 "if mask is not None:\n"
                 "    scores = scores.masked_fill(~mask, float('-inf'))\n"
                 "weights = torch.softmax(scores, dim=0).nan_to_num(0.0)"
@@ -210,8 +227,8 @@ MUTANTS = {
     ),
     "attention: NaN on a fully masked row": (
         "additive_attention_tests",
-        _ATTENTION.format(
-            body=_indent(
+        _attention(
+            body=(
                 "if mask is not None:\n"
                 "    scores = scores.masked_fill(~mask, float('-inf'))\n"
                 "weights = torch.softmax(scores, -1)"
@@ -220,8 +237,8 @@ MUTANTS = {
     ),
     "attention: weak fill value (uniform weights on a fully masked row)": (
         "additive_attention_tests",
-        _ATTENTION.format(
-            body=_indent(
+        _attention(
+            body=(
                 "if mask is not None:\n"
                 "    scores = scores.masked_fill(~mask, -1e9)\n"
                 "weights = torch.softmax(scores, -1)"
@@ -230,55 +247,23 @@ MUTANTS = {
     ),
     "attention: tanh missing": (
         "additive_attention_tests",
-        """
-class AdditiveAttention(AdditiveAttention):
-    def forward(self, query, keys, values, mask=None):
-        scores = self.v(self.W_query(query)[:, None, :] + self.W_key(keys))[..., 0]
-        if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        weights = torch.softmax(scores, -1).nan_to_num(0.0)
-        return torch.bmm(weights[:, None, :], values)[:, 0], weights
-""",
+        _attention(scores="self.v(self.W_query(query)[:, None, :] + self.W_key(keys))[..., 0]"),
     ),
     "attention: context from the keys, not the values": (
         "additive_attention_tests",
-        """
-class AdditiveAttention(AdditiveAttention):
-    def forward(self, query, keys, values, mask=None):
-        scores = self.v(torch.tanh(self.W_query(query)[:, None, :] + self.W_key(keys)))[..., 0]
-        if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        weights = torch.softmax(scores, -1).nan_to_num(0.0)
-        return torch.bmm(weights[:, None, :], keys)[:, 0, : values.shape[-1]], weights
-""",
+        _attention(context="torch.bmm(weights[:, None, :], keys)[:, 0, : values.shape[-1]]"),
     ),
     "attention: padded keys zeroed in place": (
         "additive_attention_tests",
-        """
-class AdditiveAttention(AdditiveAttention):
-    def forward(self, query, keys, values, mask=None):
-        if mask is not None:
-            keys.masked_fill_(~mask[..., None], 0.0)
-        scores = self.v(torch.tanh(self.W_query(query)[:, None, :] + self.W_key(keys)))[..., 0]
-        if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        weights = torch.softmax(scores, -1).nan_to_num(0.0)
-        return torch.bmm(weights[:, None, :], values)[:, 0], weights
-""",
+        _attention(
+            before="if mask is not None:\n"
+            "            keys.masked_fill_(~mask[..., None], 0.0)\n"
+            "        "
+        ),
     ),
     "attention: computed without gradients": (
         "additive_attention_tests",
-        """
-class AdditiveAttention(AdditiveAttention):
-    def forward(self, query, keys, values, mask=None):
-        with torch.no_grad():
-            scores = self.v(torch.tanh(self.W_query(query)[:, None, :] + self.W_key(keys)))
-        scores = scores[..., 0]
-        if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        weights = torch.softmax(scores, -1).nan_to_num(0.0)
-        return torch.bmm(weights[:, None, :], values)[:, 0], weights
-""",
+        _attention(scores=f"({_SCORES}).detach()"),
     ),
     # ------------------------------------------------------------------ the decoder's step
     "step: query from the new state s_t": (

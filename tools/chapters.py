@@ -60,13 +60,13 @@ class Chapter:
         the chapter's public cells (``if mask is not None:`` in given code): neither can prove
         a leak.
         """
-        lines = []
-        for cell in self.cells("solution"):
-            lines += region_lines(cell.source, BEGIN_SOLUTION, END_SOLUTION)
-        for cell in self.cells("tests"):
-            lines += region_lines(cell.source, BEGIN_HIDDEN, END_HIDDEN)
-        public = {ln.strip() for cell in self.notebook.cells for ln in public_lines(cell.source)}
-        return [ln.strip() for ln in lines if len(ln.strip()) >= 12 and ln.strip() not in public]
+        public: set[str] = set()
+        secret: list[str] = []
+        for cell in self.notebook.cells:
+            outside, inside = split_secret(cell.source)
+            public.update(ln.strip() for ln in outside)
+            secret += [ln.strip() for ln in inside]
+        return [ln for ln in secret if len(ln) >= 12 and ln not in public]
 
     def exports(self) -> list[tuple[str, nbformat.NotebookNode]]:
         """(module, cell) for every cell that goes into course_lib, in notebook order."""
@@ -86,30 +86,17 @@ def strip_markers(source: str) -> str:
     return "\n".join(keep)
 
 
-def region_lines(source: str, begin: str, end: str) -> list[str]:
-    """The lines strictly between ``begin`` and ``end`` markers (all such regions)."""
-    lines, inside = [], False
-    for line in source.splitlines():
-        if line.strip() == begin:
-            inside = True
-        elif line.strip() == end:
-            inside = False
-        elif inside:
-            lines.append(line)
-    return lines
-
-
-def public_lines(source: str) -> list[str]:
-    """The lines of a cell outside its solution and hidden-test regions."""
-    lines, inside = [], False
+def split_secret(source: str) -> tuple[list[str], list[str]]:
+    """A cell's lines outside and inside its solution and hidden-test regions (markers dropped)."""
+    outside, inside, secret = [], [], False
     for line in source.splitlines():
         if line.strip() in (BEGIN_SOLUTION, BEGIN_HIDDEN):
-            inside = True
+            secret = True
         elif line.strip() in (END_SOLUTION, END_HIDDEN):
-            inside = False
-        elif not inside:
-            lines.append(line)
-    return lines
+            secret = False
+        else:
+            (inside if secret else outside).append(line)
+    return outside, inside
 
 
 def load(path: Path) -> Chapter:
