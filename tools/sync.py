@@ -40,6 +40,8 @@ MODULE_DOCS = {
     "scaled dot-product attention and its masks.",
     "seq2seq": "RNN encoder-decoder with attention: additive attention, the attention\n"
     "decoder's step, greedy decoding and the padding-aware sequence loss.",
+    "multihead": "Self-attention and multi-head attention: learned query/key/value projections,\n"
+    "splitting and merging heads, the output projection, and the fused attention path.",
 }
 
 
