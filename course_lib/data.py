@@ -11,6 +11,10 @@ Two tasks whose alignments you can read off a heatmap:
 
 Around them: a :class:`Vocab` with PAD/BOS/EOS/UNK, encode/decode, seeded train/valid/test
 splits (:class:`Task`), and padded batches with valid lengths (:class:`Batch`).
+
+And two position-copying tasks of fixed length, whose correct attention is known in advance
+(chapter 4): :func:`offset_task` (each position outputs the tokens at given offsets) and
+:func:`reverse_task` (position i outputs token L − 1 − i), batched by :func:`tensor_batches`.
 Nothing is downloaded: every example comes from the generators below.
 """
 
@@ -579,3 +583,63 @@ def make_batches(
         random.Random(seed).shuffle(order)
     for start in range(0, len(order), batch_size):
         yield collate([examples[i] for i in order[start : start + batch_size]])
+
+
+# ------------------------------------------------------------------ position-copying tasks
+
+IGNORE_INDEX = -100  # a target that F.cross_entropy skips (its default ignore_index)
+
+
+def offset_task(
+    n: int, L: int, V: int, seed: int, offsets: Sequence[int] = (-2, 3)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random token sequences; at each position i, the targets are the tokens at i + offset.
+
+    A target whose source position falls outside the sequence is :data:`IGNORE_INDEX` (no
+    wrap-around), so the loss and the accuracy skip it.
+
+    Args:
+        n: the number of sequences.
+        L: their length.
+        V: the vocabulary size; tokens are uniform in 0..V-1.
+        seed: seeds a private generator (the global one is left alone).
+        offsets: the K relative positions to copy from.
+
+    Returns:
+        (tokens, targets) with ``targets[b, i, k] = tokens[b, i + offsets[k]]``.
+
+    Shape:
+        tokens (n, L) long, targets (n, L, K) long
+    """
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(V, (n, L), generator=gen)  # (n, L)
+    i = torch.arange(L)  # (L,) the query positions
+    targets = []
+    for offset in offsets:
+        source = i + offset  # (L,) where each position copies from
+        inside = (source >= 0) & (source < L)  # (L,)
+        copied = tokens[:, source.clamp(0, L - 1)]  # (n, L)
+        targets.append(copied.masked_fill(~inside, IGNORE_INDEX))
+    return tokens, torch.stack(targets, dim=-1)  # K × (n, L) -> (n, L, K)
+
+
+def reverse_task(n: int, L: int, V: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random token sequences and their reversals: ``targets[b, i, 0] = tokens[b, L - 1 - i]``.
+
+    Shape:
+        tokens (n, L) long, targets (n, L, 1) long (one output per position, as
+        :func:`offset_task` lays them out)
+    """
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(V, (n, L), generator=gen)  # (n, L)
+    return tokens, tokens.flip(1)[..., None]  # (n, L) -> (n, L, 1)
+
+
+def tensor_batches(
+    tokens: torch.Tensor, targets: torch.Tensor, batch_size: int, seed: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Shuffled ``(tokens, targets)`` batches of a fixed set, in an order fixed by ``seed``."""
+    order = torch.randperm(len(tokens), generator=torch.Generator().manual_seed(seed))
+    for start in range(0, len(tokens), batch_size):
+        rows = order[start : start + batch_size]
+        yield tokens[rows], targets[rows]

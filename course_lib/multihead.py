@@ -12,6 +12,8 @@ from torch import nn
 
 from course_lib import validate
 from course_lib.attention import scaled_dot_product_attention
+from course_lib.data import IGNORE_INDEX, tensor_batches
+from course_lib.training import fit
 
 
 # --- from solutions/04-self-attention.md
@@ -217,3 +219,85 @@ class MultiHeadAttention(nn.Module):
         output = self.W_o(merge_heads(heads))  # (B, H, L, Dh) -> (B, L, D) -> (B, L, D)
         self.last_weights = None if weights is None else weights.detach()
         return output, weights
+
+
+class OneLayerAttention(nn.Module):
+    """Token and learned position embeddings, one multi-head self-attention layer, and K
+    linear readouts per position, for the position-copying tasks of ``course_lib.data``.
+
+    Args:
+        V: the vocabulary size (inputs and outputs).
+        L: the sequence length (the rows of the position table).
+        d_model: D, the width of the embeddings and of the attention.
+        num_heads: H.
+        num_outputs: K, the tokens each position must output.
+
+    Shape:
+        tokens (B, L) long -> logits (B, L, K, V), weights (B, H, L, L)
+    """
+
+    def __init__(self, V: int, L: int, d_model: int, num_heads: int, num_outputs: int = 1):
+        super().__init__()
+        self.V, self.K = V, num_outputs
+        self.tokens = nn.Embedding(V, d_model)
+        self.positions = nn.Embedding(L, d_model)  # chapter 5 explains why and how
+        self.attention = MultiHeadAttention(d_model, num_heads)
+        self.readout = nn.Linear(d_model, num_outputs * V)  # K readouts in one matrix
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, L = tokens.shape
+        x = self.tokens(tokens) + self.positions(torch.arange(L, device=tokens.device))
+        out, weights = self.attention(x, x, x)  # (B, L, D), (B, H, L, L)
+        logits = self.readout(out)  # (B, L, D) -> (B, L, K·V)
+        return logits.view(B, L, self.K, self.V), weights  # -> (B, L, K, V)
+
+
+def copy_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Cross-entropy over every output of every position (IGNORE_INDEX targets skipped)."""
+    tokens, targets = batch  # (B, L), (B, L, K)
+    logits, _ = model(tokens)  # (B, L, K, V)
+    return F.cross_entropy(logits.flatten(0, 2), targets.flatten())
+
+
+@torch.no_grad()
+def copy_accuracy(model: nn.Module, tokens: torch.Tensor, targets: torch.Tensor) -> dict:
+    """Accuracy of each output k ("output k"), and of whole sequences ("sequences")."""
+    logits, _ = model(tokens)  # (B, L, K, V)
+    counted = targets != IGNORE_INDEX  # (B, L, K)
+    right = (logits.argmax(-1) == targets) | ~counted  # (B, L, K)
+    result = {f"output {k}": right[..., k][counted[..., k]].float().mean().item()
+              for k in range(targets.shape[-1])}  # fmt: skip
+    result["sequences"] = right.flatten(1).all(-1).float().mean().item()
+    return result
+
+
+def train_copier(model, train, test, *, steps: int, lr: float = 1e-2, target: float = 0.98):
+    """Train on batches of 100 with ``training.fit``; stop after ``steps`` steps, or once
+    every output reaches ``target`` accuracy on ``test``. Returns fit's history."""
+    per_epoch = -(-len(train[0]) // 100)
+    return fit(
+        model,
+        copy_loss,
+        lambda epoch: tensor_batches(*train, batch_size=100, seed=epoch),
+        epochs=-(-steps // per_epoch),
+        lr=lr,
+        evaluate=lambda m: copy_accuracy(m, *test),
+        evaluate_every=50,
+        stop_when=lambda metrics: (
+            min(v for k, v in metrics.items() if k.startswith("output")) >= target
+        ),
+        progress=False,
+        device="cpu",
+    )
+
+
+def share_on(weights: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Per head, the share of queries i whose largest weight is on key ``keys[i]``; queries
+    whose key is outside 0..S-1 are not counted.
+
+    Shape:
+        weights (B, H, L, S), keys (L,) long -> (H,)
+    """
+    counted = (keys >= 0) & (keys < weights.shape[-1])  # (L,)
+    hit = weights.argmax(-1) == keys  # (B, H, L)
+    return hit[..., counted].float().mean(dim=(0, 2))  # (B, H, L') -> (H,)

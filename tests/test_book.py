@@ -26,7 +26,8 @@ def squash(line: str) -> str:
 
 
 def test_no_solution_or_hidden_check_line_anywhere(built_book):
-    secrets = {squash(line): (ch.name, line) for ch in CHAPTERS for line in ch.secret_lines()}
+    public = set().union(*(ch.public_lines() for ch in CHAPTERS))
+    secrets = {squash(line): (ch.name, line) for ch in CHAPTERS for line in ch.secret_lines(public)}
     assert secrets
     for path in built_book.rglob("*"):
         if path.is_file() and path.suffix in {".html", ".js", ".ipynb", ".txt", ".json"}:

@@ -376,14 +376,17 @@ def _edited_tests(reference: dict) -> dict:
 FULL = {"dot_scores_tests": 2.0, "softmax_tests": 3.0, "soft_lookup_tests": 3.0}
 ZERO = dict.fromkeys(FULL, 0.0)
 NO_SOFTMAX = {**FULL, "softmax_tests": 0.0}
+# Resource abuse is stopped by whichever limit fires first (CPU time, memory, processes or the
+# clock), and on a loaded machine that can go either way: the status may vary, the points not.
+STOPPED = {"crashed", "timed out"}
 EXPECTED = {
-    "loop-exercise": ("timed out", NO_SOFTMAX),
+    "loop-exercise": (STOPPED, NO_SOFTMAX),
     "protocol-garbage": ("crashed", NO_SOFTMAX),
     # stopped by the process limit, the memory limit or the clock, whichever comes first
     "fork-bomb": ({"graded", "crashed", "timed out"}, FULL),
-    "loop-cell": ("timed out", FULL),
+    "loop-cell": (STOPPED, FULL),
     "exit-exercise": ("crashed", {**FULL, "dot_scores_tests": 0.0}),
-    "memory-forks": ("crashed", FULL),
+    "memory-forks": (STOPPED, FULL),
     "exit-cell": ("crashed", FULL),
     "patch-builtins": ({"graded", "crashed"}, ZERO),  # it may break its own worker
     "honest-reference": ("graded", FULL),

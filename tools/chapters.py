@@ -53,19 +53,19 @@ class Chapter:
         """The code cells tagged ``kind`` ("solution" or "tests")."""
         return [c for c in self.notebook.cells if kind in c.metadata.get("tags", [])]
 
-    def secret_lines(self) -> list[str]:
+    def public_lines(self) -> set[str]:
+        """Every line of the chapter outside solution regions and hidden tests, stripped."""
+        return {ln.strip() for c in self.notebook.cells for ln in split_secret(c.source)[0]}
+
+    def secret_lines(self, public: set[str] = frozenset()) -> list[str]:
         """Lines only the instructor may see: solution regions and hidden tests, stripped.
 
         Left out: lines shorter than 12 characters (``else:``) and lines that also appear in
-        the chapter's public cells (``if mask is not None:`` in given code): neither can prove
-        a leak.
+        the chapter's public cells, or in ``public`` (another chapter's, say: a later chapter's
+        given code may well say ``return output, weights``): neither can prove a leak.
         """
-        public: set[str] = set()
-        secret: list[str] = []
-        for cell in self.notebook.cells:
-            outside, inside = split_secret(cell.source)
-            public.update(ln.strip() for ln in outside)
-            secret += [ln.strip() for ln in inside]
+        secret = [ln.strip() for c in self.notebook.cells for ln in split_secret(c.source)[1]]
+        public = self.public_lines() | set(public)
         return [ln for ln in secret if len(ln) >= 12 and ln not in public]
 
     def exports(self) -> list[tuple[str, nbformat.NotebookNode]]:
