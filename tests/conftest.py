@@ -15,6 +15,15 @@ for path in (ROOT, ROOT / "autograde"):
 matplotlib.use("Agg")
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models: a second thread only waits (and, with other tests running, spins)."""
+    from course_lib.checks.core import one_thread
+
+    with one_thread():
+        yield
+
+
 @pytest.fixture(scope="session")
 def built_book():
     """The HTML book, built with `python -m tools.book` (cached after the first build).

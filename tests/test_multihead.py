@@ -18,13 +18,7 @@ from course_lib.multihead import (
     train_copier,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def twins(D, H, kdim, vdim, bias=True):

@@ -10,13 +10,7 @@ from course_lib.seq2seq import Seq2Seq, exact_match, greedy_decode, sequence_los
 MAX_LEN = 12
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: a second thread only waits (and, with other tests running, spins)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

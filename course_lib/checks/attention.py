@@ -19,19 +19,16 @@ from course_lib.checks.core import (
     expect_unchanged,
     generator,
     graded_alone,
+    randn,
     run,
 )
 
 F64 = torch.float64
 
 
-def _randn(gen: torch.Generator, *shape: int, dtype=torch.float32) -> torch.Tensor:
-    return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype)
-
-
 def check_dot_scores(fn, L=3, S=4, D=5, dtype=torch.float32, seed=0) -> None:
     gen = generator(seed)
-    q, k = _randn(gen, L, D, dtype=dtype), _randn(gen, S, D, dtype=dtype)
+    q, k = randn(gen, L, D, dtype=dtype), randn(gen, S, D, dtype=dtype)
 
     def worked_example():
         got = fn(torch.tensor([[0.7, 0.3]]), torch.tensor([[0.8, 0.2]]))
@@ -69,7 +66,7 @@ def check_dot_scores(fn, L=3, S=4, D=5, dtype=torch.float32, seed=0) -> None:
 
 def check_softmax(fn, shape=(3, 5), dtype=torch.float32, seed=0) -> None:
     gen = generator(seed)
-    scores = _randn(gen, *shape, dtype=dtype) * 3
+    scores = randn(gen, *shape, dtype=dtype) * 3
 
     def sums_to_one():
         got = expect_shape(fn(scores), tuple(scores.shape), "softmax(scores)")
@@ -138,8 +135,8 @@ def _reference_softmax(scores, dim=-1):
 
 def check_soft_lookup(fn, L=3, S=4, D=5, Dv=2, dtype=torch.float32, seed=0) -> None:
     gen = generator(seed)
-    q, k = _randn(gen, L, D, dtype=dtype), _randn(gen, S, D, dtype=dtype)
-    v = _randn(gen, S, Dv, dtype=dtype)
+    q, k = randn(gen, L, D, dtype=dtype), randn(gen, S, D, dtype=dtype)
+    v = randn(gen, S, Dv, dtype=dtype)
     scores = q.double() @ k.double().T  # (L, S)
     weights = torch.softmax(scores, -1)
 

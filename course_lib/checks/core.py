@@ -113,6 +113,12 @@ def generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def randn(gen: torch.Generator, *shape: int, dtype=torch.float32) -> torch.Tensor:
+    """Standard normal numbers drawn in float64 from ``gen``, then cast: the same values
+    (up to rounding) whatever the dtype a check asks for."""
+    return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype)
+
+
 @contextmanager
 def graded_alone(fn: Callable, **references: Callable):
     """While ``fn`` runs, the helpers it calls by these global names are the references.

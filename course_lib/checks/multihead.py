@@ -35,20 +35,17 @@ from course_lib.checks.core import (
     expect_shape,
     generator,
     graded_alone,
+    randn,
     run,
 )
 
 F64 = torch.float64
 
 
-def _randn(gen: torch.Generator, *shape: int, dtype=torch.float32) -> torch.Tensor:
-    return torch.randn(*shape, generator=gen, dtype=F64).to(dtype)
-
-
 def _state(gen: torch.Generator, shapes: dict[str, tuple[int, ...]], dtype) -> dict:
     """Seeded parameter values for the given names and shapes (scaled like a fresh Linear)."""
     return {
-        name: (_randn(gen, *shape, dtype=F64) / math.sqrt(shape[-1] if len(shape) > 1 else 4)).to(
+        name: (randn(gen, *shape, dtype=F64) / math.sqrt(shape[-1] if len(shape) > 1 else 4)).to(
             dtype
         )
         for name, shape in shapes.items()
@@ -101,6 +98,16 @@ def _sdpa_output_and_weights(q, k, v, mask):
     return out, weights
 
 
+def _expect_attention(out, w, expected_out, expected_w, what, bugs, atol, allowed) -> None:
+    """The weights, then the output, equal the oracle's; otherwise name the bug of ``bugs``
+    (diagnosis -> (output, weights)) they match. ``allowed``: the query rows that have a key
+    (None: all), over which the weights must sum to 1."""
+    _expect_weights(
+        w, expected_w, f"weights {what}", {d: b[1] for d, b in bugs.items()}, atol, allowed
+    )
+    expect_close(out, expected_out, f"output {what}", {d: b[0] for d, b in bugs.items()}, atol)
+
+
 def _expect_weights(w, expected, what: str, likely: dict, atol: float, allowed=None) -> None:
     """``expect_close`` for attention weights; an unnamed difference whose rows do not sum to
     1 over the keys adds that hint (``allowed``: the rows that have a key, None for all)."""
@@ -138,7 +145,7 @@ def check_self_attention(
         shapes.update({f"W_{r}.bias": (d_model,) for r in "qkv"})
     state = _state(gen, shapes, dtype)
     p = {name: t.double() for name, t in state.items()}
-    x = _randn(gen, B, L, d_input, dtype=dtype)
+    x = randn(gen, B, L, d_input, dtype=dtype)
     lens = torch.tensor([L] + [max(1, L - 1 - b) for b in range(1, B)])
     pad = (torch.arange(L)[None, :] < lens[:, None])[:, None, :]  # (B, 1, L)
     causal = torch.ones(L, L, dtype=torch.bool).tril()  # (L, L)
@@ -194,16 +201,7 @@ def check_self_attention(
             )
         expect_shape(w, (B, L, L), f"weights {what}")
         allowed = None if mask is None else mask.expand(B, L, L).any(-1)
-        _expect_weights(
-            w, expected_w, f"weights {what}", {d: b[1] for d, b in bugs.items()}, tol, allowed
-        )
-        expect_close(
-            out,
-            expected_out,
-            f"output {what}",
-            {d: b[0] for d, b in bugs.items()},
-            atol=tol,
-        )
+        _expect_attention(out, w, expected_out, expected_w, what, bugs, tol, allowed)
         expect(
             out.dtype == dtype and w.dtype == dtype,
             f"output and weights have dtypes {out.dtype} and {w.dtype}, expected {dtype}",
@@ -224,7 +222,7 @@ def check_self_attention(
         module, out, _ = expect_attention(build(), x, causal, "with a causal mask (L, L)")
         t = L // 2
         later = x.clone()
-        later[:, t:] += 10 * _randn(gen, B, L - t, d_input, dtype=dtype)
+        later[:, t:] += 10 * randn(gen, B, L - t, d_input, dtype=dtype)
         out2, _, _ = call(module, later, causal)
         expect(
             torch.allclose(out2[:, :t].double(), out[:, :t].double(), atol=1e-6),
@@ -252,7 +250,7 @@ def check_self_attention(
 
     def gradients():
         module = build()
-        g = _randn(gen, B, L, d_model, dtype=F64)
+        g = randn(gen, B, L, d_model, dtype=F64)
         out, _, leaf = call(module, x, pad, grad=True)
         (out.double() * g).sum().backward()
         oracle = x.detach().double().requires_grad_()
@@ -333,7 +331,7 @@ def check_split_heads(fn, B=2, L=3, H=2, Dh=4, dtype=torch.float32, seed=0) -> N
         _expect_layout(got, flat.reshape(B, 1, L, D), "split_heads(x, num_heads=1)", {})
 
     def differentiable():
-        leaf = _randn(generator(seed), B, L, D, dtype=dtype).requires_grad_()
+        leaf = randn(generator(seed), B, L, D, dtype=dtype).requires_grad_()
         got = as_tensor(fn(leaf, H), "split_heads(x, H)")
         expect(got.requires_grad, "the result does not require grad: keep the autograd graph")
 
@@ -381,7 +379,7 @@ def check_merge_heads(fn, B=2, H=2, L=3, Dh=4, dtype=torch.float32, seed=0) -> N
         _expect_layout(got, source.double().reshape(B, L, D), "merge_heads(a transposed view)", {})
 
     def differentiable():
-        leaf = _randn(generator(seed), B, H, L, Dh, dtype=dtype).requires_grad_()
+        leaf = randn(generator(seed), B, H, L, Dh, dtype=dtype).requires_grad_()
         got = as_tensor(fn(leaf), "merge_heads(x)")
         expect(got.requires_grad, "the result does not require grad: keep the autograd graph")
 
@@ -539,9 +537,9 @@ def check_multi_head_attention(
         _load(module, state, "your MultiHeadAttention")
         return module.eval(), state
 
-    x = _randn(gen, B, L, D, dtype=dtype)  # self-attention: L = S
-    memory_k = _randn(gen, B, S, kdim, dtype=dtype)
-    memory_v = _randn(gen, B, S, vdim, dtype=dtype)
+    x = randn(gen, B, L, D, dtype=dtype)  # self-attention: L = S
+    memory_k = randn(gen, B, S, kdim, dtype=dtype)
+    memory_v = randn(gen, B, S, vdim, dtype=dtype)
     lens = torch.tensor([S] + [max(1, S - 1 - b) for b in range(1, B)])
     pad = (torch.arange(S)[None, :] < lens[:, None])[:, None, :]  # (B, 1, S)
     causal = torch.ones(L, L, dtype=torch.bool).tril()  # (L, L)
@@ -584,16 +582,7 @@ def check_multi_head_attention(
         expected_out, expected_w = _torch_attention(state, D, H, bias, query, key, value, full)
         bugs = _likely_mha(state, D, H, bias, query, key, value, full, mask)
         allowed = None if full is None else full.any(-1)
-        _expect_weights(
-            w, expected_w, f"weights {what}", {d: b[1] for d, b in bugs.items()}, tol, allowed
-        )
-        expect_close(
-            out,
-            expected_out,
-            f"output {what} (compared with nn.MultiheadAttention holding the same weights)",
-            {d: b[0] for d, b in bugs.items()},
-            tol,
-        )
+        _expect_attention(out, w, expected_out, expected_w, what, bugs, tol, allowed)
         expect(
             out.dtype == dtype and w.dtype == dtype,
             f"output and weights have dtypes {out.dtype} and {w.dtype}, expected {dtype}",
@@ -669,7 +658,7 @@ def check_multi_head_attention(
         h = H - 1
         rows = slice(h * Dh, (h + 1) * Dh)
         changed = {name: t.clone() for name, t in state.items()}
-        changed["W_q.weight"][rows] = _randn(gen, Dh, D, dtype=dtype)
+        changed["W_q.weight"][rows] = randn(gen, Dh, D, dtype=dtype)
         _load(module, changed, "your MultiHeadAttention")
         _, after = call(module, x, x, x)
         for g in range(H):

@@ -27,15 +27,12 @@ from course_lib.checks.core import (
     expect_unchanged,
     generator,
     graded_alone,
+    randn,
     run,
 )
 
 F64 = torch.float64
 NEG_INF = float("-inf")
-
-
-def _randn(gen: torch.Generator, *shape: int, dtype=torch.float32) -> torch.Tensor:
-    return torch.randn(*shape, generator=gen, dtype=F64).to(dtype)
 
 
 # --------------------------------------------------------------------------------- masks
@@ -133,7 +130,7 @@ def check_causal_mask(fn, L: int = 4) -> None:
 
     def same_as_is_causal():
         gen = generator(L)
-        q, k, v = (_randn(gen, 2, L, 3, dtype=F64) for _ in range(3))
+        q, k, v = (randn(gen, 2, L, 3, dtype=F64) for _ in range(3))
         got = F.scaled_dot_product_attention(q, k, v, attn_mask=fn(L))
         expect_close(
             got,
@@ -262,9 +259,9 @@ def check_scaled_dot_product_attention(
     Shapes: query (*batch, L, D), key (*batch, S, D), value (*batch, S, Dv).
     """
     gen = generator(seed)
-    q, k = _randn(gen, *batch, L, D, dtype=dtype), _randn(gen, *batch, S, D, dtype=dtype)
-    v = _randn(gen, *batch, S, Dv, dtype=dtype)
-    x = _randn(gen, *batch, S, D, dtype=dtype)  # self-attention: queries and keys alike
+    q, k = randn(gen, *batch, L, D, dtype=dtype), randn(gen, *batch, S, D, dtype=dtype)
+    v = randn(gen, *batch, S, Dv, dtype=dtype)
+    x = randn(gen, *batch, S, D, dtype=dtype)  # self-attention: queries and keys alike
     # Padding: valid lengths per sequence (the first batch dim), one shorter than S.
     B = batch[0] if batch else 1
     lens = torch.randint(1, S + 1, (B,), generator=gen)
@@ -355,9 +352,9 @@ def check_scaled_dot_product_attention(
 
     def padded_keys_do_not_matter():
         out, _ = expect_attention(call(q, k, v, pad), q, k, v, pad, "with a padding mask")
-        noise = 100 * _randn(gen, *k.shape, dtype=dtype)
+        noise = 100 * randn(gen, *k.shape, dtype=dtype)
         k2 = torch.where(pad.transpose(-2, -1), k, k + noise)  # change only padded keys
-        v2 = torch.where(pad.transpose(-2, -1), v, v - 100 * _randn(gen, *v.shape, dtype=dtype))
+        v2 = torch.where(pad.transpose(-2, -1), v, v - 100 * randn(gen, *v.shape, dtype=dtype))
         out2, _ = call(q, k2, v2, pad)
         expect(
             torch.allclose(out2.double(), out.double(), atol=1e-6),
@@ -366,7 +363,7 @@ def check_scaled_dot_product_attention(
         )
 
     def causal_self_attention():
-        qs = x + 0.5 * _randn(gen, *x.shape, dtype=dtype)
+        qs = x + 0.5 * randn(gen, *x.shape, dtype=dtype)
         out, w = expect_attention(call(qs, x, v, causal), qs, x, v, causal, "with a causal mask")
         t = S // 2
         k2 = x.clone()
@@ -391,7 +388,7 @@ def check_scaled_dot_product_attention(
         )
 
     def finite_gradients():
-        g = _randn(gen, *shape_o, dtype=F64)
+        g = randn(gen, *shape_o, dtype=F64)
         leaves = [t.clone().requires_grad_() for t in (q, k, v)]
         out, _ = call(*leaves, general)
         (out.double() * g).sum().backward()

@@ -36,15 +36,12 @@ from course_lib.checks.core import (
     expect_shape,
     expect_unchanged,
     generator,
+    randn,
     run,
 )
 
 F64 = torch.float64
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
-
-
-def _randn(gen: torch.Generator, *shape: int, dtype=torch.float32) -> torch.Tensor:
-    return torch.randn(*shape, generator=gen, dtype=F64).to(dtype)
 
 
 def _mask(lengths: Sequence[int], S: int) -> torch.Tensor:
@@ -125,8 +122,8 @@ def check_additive_attention(
         _require(loaded, name, "the attention module")
         for name in ("W_query.weight", "W_key.weight", "v.weight")
     )
-    query, keys = _randn(gen, B, Dq, dtype=dtype), _randn(gen, B, S, Dk, dtype=dtype)
-    values = _randn(gen, B, S, Dv, dtype=dtype)
+    query, keys = randn(gen, B, Dq, dtype=dtype), randn(gen, B, S, Dk, dtype=dtype)
+    values = randn(gen, B, S, Dv, dtype=dtype)
     lengths = _lengths(B, S)
     mask = _mask(lengths, S)
     scores = additive_scores(Wq, Wk, v, query, keys)  # (B, S)
@@ -384,8 +381,8 @@ def check_decoder_step(cls, B=2, S=5, V=7, E=3, Dk=6, D=4, A=5, dtype=torch.floa
 
     prev = torch.randint(3, V, (B,), generator=gen)
     prev[0] = BOS_ID  # the first step of a sequence
-    state = _randn(gen, B, D, dtype=dtype)
-    memory = _randn(gen, B, S, Dk, dtype=dtype)
+    state = randn(gen, B, D, dtype=dtype)
+    memory = randn(gen, B, S, Dk, dtype=dtype)
     lengths = _lengths(B, S)
     mask = _mask(lengths, S)
 
@@ -543,8 +540,8 @@ class ScriptedModel(nn.Module):
     def __init__(self, tgt: torch.Tensor, V: int, gen: torch.Generator, dtype):
         super().__init__()
         self.tgt = tgt.clone()
-        self.by_token = nn.Parameter(_randn(gen, V, V, dtype=dtype) * 2)
-        self.by_position = nn.Parameter(_randn(gen, tgt.shape[1] + 1, V, dtype=dtype))
+        self.by_token = nn.Parameter(randn(gen, V, V, dtype=dtype) * 2)
+        self.by_position = nn.Parameter(randn(gen, tgt.shape[1] + 1, V, dtype=dtype))
         self.n_calls = 0
 
     def forward(self, src, src_lens, tgt_in):
