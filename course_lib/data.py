@@ -14,7 +14,8 @@ splits (:class:`Task`), and padded batches with valid lengths (:class:`Batch`).
 
 And two position-copying tasks of fixed length, whose correct attention is known in advance
 (chapter 4): :func:`offset_task` (each position outputs the tokens at given offsets) and
-:func:`reverse_task` (position i outputs token L − 1 − i), batched by :func:`tensor_batches`.
+:func:`reverse_task` (position i outputs token L − 1 − i), batched by :func:`tensor_batches`;
+and :func:`shift_task`, of variable length (chapter 5: position i outputs token i − 1).
 Nothing is downloaded: every example comes from the generators below.
 """
 
@@ -633,6 +634,34 @@ def reverse_task(n: int, L: int, V: int, seed: int) -> tuple[torch.Tensor, torch
     gen = torch.Generator().manual_seed(seed)
     tokens = torch.randint(V, (n, L), generator=gen)  # (n, L)
     return tokens, tokens.flip(1)[..., None]  # (n, L) -> (n, L, 1)
+
+
+def shift_task(
+    n: int, min_len: int, max_len: int, V: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random sequences of random lengths; at position i the target is the token at i − 1.
+
+    Sequences are right-padded with the id V (PAD, after the real tokens 0 … V − 1). The first
+    position (no source) and the padding get :data:`IGNORE_INDEX`.
+
+    Args:
+        n: the number of sequences.
+        min_len, max_len: lengths are uniform in min_len … max_len.
+        V: the number of real tokens.
+        seed: seeds a private generator.
+
+    Shape:
+        tokens (n, max_len) long, targets (n, max_len, 1) long
+    """
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(min_len, max_len + 1, (n,), generator=gen)  # (n,)
+    tokens = torch.randint(V, (n, max_len), generator=gen)  # (n, max_len)
+    real = torch.arange(max_len)[None, :] < lengths[:, None]  # (n, max_len)
+    tokens = tokens.masked_fill(~real, V)
+    targets = torch.full_like(tokens, IGNORE_INDEX)
+    targets[:, 1:] = tokens[:, :-1]  # target i = token i − 1
+    targets = targets.masked_fill(~real, IGNORE_INDEX)
+    return tokens, targets[..., None]  # (n, max_len) -> (n, max_len, 1)
 
 
 def tensor_batches(

@@ -195,3 +195,16 @@ def test_make_batches_covers_every_example_once_in_a_seeded_order():
     assert sorted(sum(first, [])) == [i + 4 for i in range(10)]
     with pytest.raises(ValueError):
         list(data.make_batches(examples, 0))
+
+
+def test_shift_task_targets_the_previous_token_and_ignores_padding():
+    tokens, targets = data.shift_task(200, 3, 9, V=5, seed=4)
+    assert tokens.shape == (200, 9) and targets.shape == (200, 9, 1)
+    real = tokens != 5  # PAD is the id after the real tokens
+    lengths = real.sum(1)
+    assert lengths.min() >= 3 and lengths.max() <= 9
+    assert torch.equal(real, torch.arange(9)[None, :] < lengths[:, None])  # right-padded
+    counted = targets[..., 0] != data.IGNORE_INDEX
+    assert torch.equal(counted, real & (torch.arange(9) > 0))
+    assert torch.equal(targets[:, 1:, 0][counted[:, 1:]], tokens[:, :-1][counted[:, 1:]])
+    assert torch.equal(data.shift_task(200, 3, 9, V=5, seed=4)[0], tokens)

@@ -42,6 +42,8 @@ MODULE_DOCS = {
     "decoder's step, greedy decoding and the padding-aware sequence loss.",
     "multihead": "Self-attention and multi-head attention: learned query/key/value projections,\n"
     "splitting and merging heads, the output projection, and the fused attention path.",
+    "positional": "Token embeddings and positional encodings: the scaled embedding lookup, the\n"
+    "sinusoidal table of Vaswani et al. (2017) and the module that adds it to a sequence.",
 }
 
 
