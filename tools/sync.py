@@ -44,6 +44,9 @@ MODULE_DOCS = {
     "splitting and merging heads, the output projection, and the fused attention path.",
     "positional": "Token embeddings and positional encodings: the scaled embedding lookup, the\n"
     "sinusoidal table of Vaswani et al. (2017) and the module that adds it to a sequence.",
+    "transformer": "The Transformer encoder-decoder: LayerNorm, the position-wise feed-forward\n"
+    "network, encoder and decoder layers (post-LN and pre-LN) and the model behind chapter 3's\n"
+    "encode/step interface.",
 }
 
 

@@ -61,6 +61,38 @@ def expect_close(
     raise CheckFailed(f"{what} differs from the correct result (largest difference {diff:.3g}).")
 
 
+def private_copies(inputs: Mapping[str, torch.Tensor | None]) -> dict[str, torch.Tensor | None]:
+    """Copies to hand to the student's code; the originals stay with the check (and its
+    oracle), so nothing the student's code does to its arguments can steer the verdict."""
+    return {name: None if t is None else t.detach().clone() for name, t in inputs.items()}
+
+
+def expect_copies_unchanged(originals: Mapping, copies: Mapping) -> None:
+    """The student's code left its private copies as they were handed over (same shape,
+    dtype and values): it did not modify its inputs in place."""
+    for name, original in originals.items():
+        copy = copies[name]
+        if original is None:
+            continue
+        same = copy.shape == original.shape and copy.dtype == original.dtype
+        expect(
+            same and bool(torch.equal(copy.detach(), original)),
+            f"{name} was modified in place: compute into new tensors instead "
+            "(e.g. x = x + 1 or masked_fill, not x += 1 or masked_fill_)",
+        )
+
+
+def load_parameters(module, state: Mapping[str, torch.Tensor], what: str) -> None:
+    """Load the check's own parameter values into the student's module, strictly."""
+    try:
+        module.load_state_dict({name: t.clone() for name, t in state.items()})
+    except Exception as error:  # noqa: BLE001 - the diagnosis is the point
+        raise CheckFailed(
+            f"could not load the parameters {sorted(state)} into {what}: keep the layers that "
+            f"__init__ creates, with their names (the checks set their weights). {error}"
+        ) from None
+
+
 def expect_unchanged(before: Mapping[str, torch.Tensor], after: Mapping[str, torch.Tensor]):
     """The function did not modify its inputs in place."""
     for name, tensor in before.items():

@@ -32,9 +32,12 @@ from course_lib.checks.core import (
     as_tensor,
     expect,
     expect_close,
+    expect_copies_unchanged,
     expect_shape,
     generator,
     graded_alone,
+    load_parameters,
+    private_copies,
     randn,
     run,
 )
@@ -50,35 +53,6 @@ def _state(gen: torch.Generator, shapes: dict[str, tuple[int, ...]], dtype) -> d
         )
         for name, shape in shapes.items()
     }
-
-
-def _load(module, state: dict[str, torch.Tensor], what: str) -> None:
-    """Load the check's parameters into the student's module, strictly."""
-    try:
-        module.load_state_dict({name: t.clone() for name, t in state.items()})
-    except Exception as error:  # noqa: BLE001 - the diagnosis is the point
-        raise CheckFailed(
-            f"could not load the parameters {sorted(state)} into {what}: keep the layers that "
-            f"__init__ creates, with their names (the checks set their weights). {error}"
-        ) from None
-
-
-def _copies(inputs: dict[str, torch.Tensor | None]) -> dict[str, torch.Tensor | None]:
-    """Private copies to hand to the student's code (the originals stay with the check)."""
-    return {name: None if t is None else t.detach().clone() for name, t in inputs.items()}
-
-
-def _unchanged(originals: dict, copies: dict) -> None:
-    for name, original in originals.items():
-        copy = copies[name]
-        if original is None:
-            continue
-        same = copy.shape == original.shape and copy.dtype == original.dtype
-        expect(
-            same and bool(torch.equal(copy.detach(), original)),
-            f"{name} was modified in place: compute into new tensors instead "
-            "(e.g. x = x + 1 or masked_fill, not x += 1 or masked_fill_)",
-        )
 
 
 def _pair(result, what: str):
@@ -157,17 +131,17 @@ def check_self_attention(
 
     def build():
         module = cls(d_input, d_model, bias=bias).to(dtype)
-        _load(module, state, "your SelfAttention")
+        load_parameters(module, state, "your SelfAttention")
         return module
 
     def call(module, inp, mask=None, grad=False):
         originals = {"x": inp, "attn_mask": mask}
-        copies = _copies(originals)
+        copies = private_copies(originals)
         if grad:
             copies["x"].requires_grad_()
         args = (copies["x"],) if mask is None else (copies["x"], copies["attn_mask"])
         out, w = _pair(module(*args), "forward")
-        _unchanged(originals, copies)
+        expect_copies_unchanged(originals, copies)
         return out, w, copies["x"]
 
     def expect_attention(module, inp, mask, what):
@@ -320,9 +294,9 @@ def check_split_heads(fn, B=2, L=3, H=2, Dh=4, dtype=torch.float32, seed=0) -> N
 
     def layout():
         originals = {"x": x}
-        copies = _copies(originals)
+        copies = private_copies(originals)
         got = fn(copies["x"], H)
-        _unchanged(originals, copies)
+        expect_copies_unchanged(originals, copies)
         _expect_layout(got, expected, f"split_heads(x of shape {(B, L, D)}, num_heads={H})", likely)
         expect(got.dtype == dtype, f"the result has dtype {got.dtype}, expected {dtype}")
 
@@ -366,9 +340,9 @@ def check_merge_heads(fn, B=2, H=2, L=3, Dh=4, dtype=torch.float32, seed=0) -> N
 
     def layout():
         originals = {"x": x}
-        copies = _copies(originals)
+        copies = private_copies(originals)
         got = fn(copies["x"])
-        _unchanged(originals, copies)
+        expect_copies_unchanged(originals, copies)
         _expect_layout(got, expected, f"merge_heads(x of shape {(B, H, L, Dh)})", likely)
         expect(got.dtype == dtype, f"the result has dtype {got.dtype}, expected {dtype}")
 
@@ -534,7 +508,7 @@ def check_multi_head_attention(
     def build(kd=D, vd=D, bias=True, dropout=0.0):
         state = _state(gen, shapes(kd, vd, bias), dtype)
         module = cls(D, H, dropout=dropout, bias=bias, kdim=kd, vdim=vd).to(dtype)
-        _load(module, state, "your MultiHeadAttention")
+        load_parameters(module, state, "your MultiHeadAttention")
         return module.eval(), state
 
     x = randn(gen, B, L, D, dtype=dtype)  # self-attention: L = S
@@ -552,13 +526,13 @@ def check_multi_head_attention(
 
     def call(module, query, key, value, mask=None, **kwargs):
         originals = {"query": query, "key": key, "value": value, "attn_mask": mask}
-        copies = _copies(originals)
+        copies = private_copies(originals)
         args = [copies["query"], copies["key"], copies["value"]]
         if mask is not None:
             args.append(copies["attn_mask"])
         with graded_alone(cls.forward, **stand_ins):
             result = _pair(module(*args, **kwargs), "forward")
-        _unchanged(originals, copies)
+        expect_copies_unchanged(originals, copies)
         return result
 
     def expand(mask, Lq, Sk):  # ours, as the oracle's (B, H, L, S)
@@ -659,7 +633,7 @@ def check_multi_head_attention(
         rows = slice(h * Dh, (h + 1) * Dh)
         changed = {name: t.clone() for name, t in state.items()}
         changed["W_q.weight"][rows] = randn(gen, Dh, D, dtype=dtype)
-        _load(module, changed, "your MultiHeadAttention")
+        load_parameters(module, changed, "your MultiHeadAttention")
         _, after = call(module, x, x, x)
         for g in range(H):
             same = torch.allclose(after[:, g].double(), before[:, g].double(), atol=1e-7)
