@@ -51,6 +51,16 @@ def scores(chapter: Chapter, ns: dict) -> dict[str, int]:
     return points
 
 
+def templated(exercise: str, template: str, defaults: dict[str, str]):
+    """A maker of mutants of one exercise: ``make(**changes)`` is (the test cell that must
+    fail, ``template`` filled with ``defaults`` updated by ``changes``)."""
+
+    def make(**changes: str) -> tuple[str, str]:
+        return exercise, template.format(**{**defaults, **changes})
+
+    return make
+
+
 def full_marks(chapter: Chapter) -> dict[str, int]:
     return {c.metadata["grade_id"]: c.metadata["points"] for c in chapter.cells("tests")}
 

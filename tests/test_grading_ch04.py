@@ -1,7 +1,7 @@
 """Chapter 4's checks: the reference and correct alternatives earn full marks, the blank
 release earns nothing, and each known bug loses exactly the points of its own exercise."""
 
-from tests.exercises import GradingContract
+from tests.exercises import GradingContract, templated
 from tools.chapters import SOURCES, load
 
 CHAPTER = load(SOURCES / "04-self-attention.md")
@@ -157,8 +157,7 @@ _SELF_DEFAULTS = dict(
 )
 
 
-def _self(**changes) -> tuple[str, str]:
-    return "self_attention_tests", _SELF.format(**{**_SELF_DEFAULTS, **changes})
+_self = templated("self_attention_tests", _SELF, _SELF_DEFAULTS)
 
 
 _MHA = """
@@ -194,8 +193,7 @@ _MHA_DEFAULTS = dict(
 )
 
 
-def _mha(**changes) -> tuple[str, str]:
-    return "multi_head_attention_tests", _MHA.format(**{**_MHA_DEFAULTS, **changes})
+_mha = templated("multi_head_attention_tests", _MHA, _MHA_DEFAULTS)
 
 
 # Attention written out by hand, with a switch for the softmax axis (a mutant's own attention).

@@ -1,7 +1,7 @@
 """Chapter 5's checks: the reference and correct alternatives earn full marks, the blank
 release earns nothing, and each known bug loses exactly the points of its own exercise."""
 
-from tests.exercises import GradingContract
+from tests.exercises import GradingContract, templated
 from tools.chapters import SOURCES, load
 
 CHAPTER = load(SOURCES / "05-positional-encoding.md")
@@ -76,8 +76,7 @@ _PE_DEFAULTS = dict(
 )
 
 
-def _pe(**changes) -> tuple[str, str]:
-    return "positional_encoding_tests", _PE.format(**{**_PE_DEFAULTS, **changes})
+_pe = templated("positional_encoding_tests", _PE, _PE_DEFAULTS)
 
 
 _TABLE = """
@@ -94,8 +93,7 @@ _TABLE_DEFAULTS = dict(
 )
 
 
-def _table(**changes) -> tuple[str, str]:
-    return "sinusoidal_encoding_tests", _TABLE.format(**{**_TABLE_DEFAULTS, **changes})
+_table = templated("sinusoidal_encoding_tests", _TABLE, _TABLE_DEFAULTS)
 
 
 def _embed(body: str) -> tuple[str, str]:

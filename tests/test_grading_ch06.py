@@ -1,7 +1,7 @@
 """Chapter 6's checks: the reference and correct alternatives earn full marks, the blank
 release earns nothing, and each known bug loses exactly the points of its own exercise."""
 
-from tests.exercises import GradingContract
+from tests.exercises import GradingContract, templated
 from tools.chapters import SOURCES, load
 
 CHAPTER = load(SOURCES / "06-transformer.md")
@@ -109,8 +109,7 @@ _LN_DEFAULTS = dict(
 )
 
 
-def _ln(**changes) -> tuple[str, str]:
-    return "layer_norm_tests", _LN.format(**{**_LN_DEFAULTS, **changes})
+_ln = templated("layer_norm_tests", _LN, _LN_DEFAULTS)
 
 
 def _ffn(body: str) -> tuple[str, str]:
@@ -137,8 +136,7 @@ _ENC_DEFAULTS = dict(
 )
 
 
-def _enc(**changes) -> tuple[str, str]:
-    return "encoder_layer_tests", _ENC.format(**{**_ENC_DEFAULTS, **changes})
+_enc = templated("encoder_layer_tests", _ENC, _ENC_DEFAULTS)
 
 
 _DEC = """
@@ -164,8 +162,7 @@ _DEC_DEFAULTS = dict(
 )
 
 
-def _dec(**changes) -> tuple[str, str]:
-    return "decoder_layer_tests", _DEC.format(**{**_DEC_DEFAULTS, **changes})
+_dec = templated("decoder_layer_tests", _DEC, _DEC_DEFAULTS)
 
 
 _MODEL = """
@@ -202,8 +199,7 @@ _MODEL_DEFAULTS = dict(
 )
 
 
-def _model(**changes) -> tuple[str, str]:
-    return "transformer_tests", _MODEL.format(**{**_MODEL_DEFAULTS, **changes})
+_model = templated("transformer_tests", _MODEL, _MODEL_DEFAULTS)
 
 
 MUTANTS = {
