@@ -82,6 +82,28 @@ def expect_copies_unchanged(originals: Mapping, copies: Mapping) -> None:
         )
 
 
+def call_on_copies(fn: Callable, inputs: Mapping[str, torch.Tensor | None], **kwargs):
+    """``fn`` on private copies of ``inputs`` (positionally, in order, Nones left out); then
+    checks that the copies came back unchanged."""
+    copies = private_copies(inputs)
+    result = fn(*[c for c in copies.values() if c is not None], **kwargs)
+    expect_copies_unchanged(inputs, copies)
+    return result
+
+
+def parameter_values(gen: torch.Generator, shapes: Mapping[str, tuple[int, ...]], dtype) -> dict:
+    """Seeded values for parameters of these names and shapes: LayerNorm gains (``norm``
+    weights) near 1, everything else scaled like a fresh layer (by 1/√fan-in)."""
+    values = {}
+    for name, shape in shapes.items():
+        if "norm" in name and name.endswith("weight"):
+            values[name] = (1 + 0.2 * randn(gen, *shape, dtype=torch.float64)).to(dtype)
+        else:
+            fan_in = shape[-1] if len(shape) > 1 else 4
+            values[name] = (randn(gen, *shape, dtype=torch.float64) / fan_in**0.5).to(dtype)
+    return values
+
+
 def load_parameters(module, state: Mapping[str, torch.Tensor], what: str) -> None:
     """Load the check's own parameter values into the student's module, strictly."""
     try:

@@ -7,9 +7,9 @@ Written to the rules for check code of the course design:
 * Parameters are drawn here, from the shapes the constructor arguments imply, and loaded into
   the student's module with ``load_state_dict``; the oracles use the values drawn here, never
   what the module reports about itself.
-* No function here computes an exercise's answer for arbitrary inputs. The oracles are
-  PyTorch's (``nn.MultiheadAttention`` with the check's weights copied in,
-  ``F.scaled_dot_product_attention``); head layouts are verified by tagging every input
+* No importable function computes an exercise's answer: the oracles are local to the checks
+  that use them, and they are PyTorch's (``nn.MultiheadAttention`` with the check's weights
+  copied in, ``F.scaled_dot_product_attention``); head layouts are verified by tagging every input
   element with its own coordinates and reading back where each one landed; the stand-ins for
   ``split_heads`` and ``merge_heads`` that grade ``MultiHeadAttention`` on its own accept only
   the shapes of the probe that made them.
@@ -37,6 +37,7 @@ from course_lib.checks.core import (
     generator,
     graded_alone,
     load_parameters,
+    parameter_values,
     private_copies,
     randn,
     run,
@@ -45,31 +46,12 @@ from course_lib.checks.core import (
 F64 = torch.float64
 
 
-def _state(gen: torch.Generator, shapes: dict[str, tuple[int, ...]], dtype) -> dict:
-    """Seeded parameter values for the given names and shapes (scaled like a fresh Linear)."""
-    return {
-        name: (randn(gen, *shape, dtype=F64) / math.sqrt(shape[-1] if len(shape) > 1 else 4)).to(
-            dtype
-        )
-        for name, shape in shapes.items()
-    }
-
-
 def _pair(result, what: str):
     expect(
         isinstance(result, tuple) and len(result) == 2,
         f"{what} must return a tuple (output, weights)",
     )
     return result
-
-
-def _sdpa_output_and_weights(q, k, v, mask):
-    """PyTorch's attention on the check's own float64 tensors: the output, and the weights
-    (the output for the identity matrix as values)."""
-    eye = torch.eye(k.shape[-2], dtype=F64).expand(*k.shape[:-1], k.shape[-2])
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    weights = F.scaled_dot_product_attention(q, k, eye, attn_mask=mask)
-    return out, weights
 
 
 def _expect_attention(out, w, expected_out, expected_w, what, bugs, atol, allowed) -> None:
@@ -113,11 +95,22 @@ def check_self_attention(
     cls, B=2, L=5, d_input=6, d_model=4, bias=False, dtype=torch.float32, seed=0
 ) -> None:
     """``cls(d_input, d_model, bias)`` is single-head self-attention with W_q, W_k, W_v."""
+
+    # The oracle is local to this check, as every oracle here: nothing importable computes
+    # attention for inputs of a caller's choosing.
+    def _sdpa_output_and_weights(q, k, v, mask):
+        """PyTorch's attention on the check's own float64 tensors: the output, and the weights
+        (the output for the identity matrix as values)."""
+        eye = torch.eye(k.shape[-2], dtype=F64).expand(*k.shape[:-1], k.shape[-2])
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        weights = F.scaled_dot_product_attention(q, k, eye, attn_mask=mask)
+        return out, weights
+
     gen = generator(seed)
     shapes = {f"W_{r}.weight": (d_model, d_input) for r in "qkv"}
     if bias:
         shapes.update({f"W_{r}.bias": (d_model,) for r in "qkv"})
-    state = _state(gen, shapes, dtype)
+    state = parameter_values(gen, shapes, dtype)
     p = {name: t.double() for name, t in state.items()}
     x = randn(gen, B, L, d_input, dtype=dtype)
     lens = torch.tensor([L] + [max(1, L - 1 - b) for b in range(1, B)])
@@ -399,101 +392,108 @@ def _locked_stand_ins(B: int, H: int, D: int, lengths: set[int]):
     return {"split_heads": split_heads, "merge_heads": merge_heads}
 
 
-def _torch_mha(state: dict, D: int, H: int, kdim: int, vdim: int, bias: bool) -> nn.Module:
-    """``nn.MultiheadAttention`` in float64 with the check's parameters copied in."""
-    mha = nn.MultiheadAttention(D, H, bias=bias, batch_first=True, kdim=kdim, vdim=vdim, dtype=F64)
-    w = {name: t.double() for name, t in state.items()}
-    with torch.no_grad():
-        if mha._qkv_same_embed_dim:
-            mha.in_proj_weight.copy_(torch.cat([w["W_q.weight"], w["W_k.weight"], w["W_v.weight"]]))
-        else:
-            mha.q_proj_weight.copy_(w["W_q.weight"])
-            mha.k_proj_weight.copy_(w["W_k.weight"])
-            mha.v_proj_weight.copy_(w["W_v.weight"])
-        mha.out_proj.weight.copy_(w["W_o.weight"])
-        if bias:
-            mha.in_proj_bias.copy_(torch.cat([w["W_q.bias"], w["W_k.bias"], w["W_v.bias"]]))
-            mha.out_proj.bias.copy_(w["W_o.bias"])
-    return mha.eval()
-
-
-def _torch_attention(state, D, H, bias, query, key, value, mask):
-    """What multi-head attention returns, by nn.MultiheadAttention (float64): output (B, L, D)
-    and per-head weights (B, H, L, S). ``mask`` is ours (True = may attend), already of shape
-    (B, H, L, S) or None. A query with no allowed key gets zero weights in every head, so its
-    output is W_o's bias (nn.MultiheadAttention itself returns NaN there)."""
-    B, L, S = query.shape[0], query.shape[1], key.shape[1]
-    mha = _torch_mha(state, D, H, key.shape[-1], value.shape[-1], bias)
-    blocked = None if mask is None else ~mask.reshape(B * H, L, S)  # its polarity: True = blocked
-    out, w = mha(
-        query.double(),
-        key.double(),
-        value.double(),
-        attn_mask=blocked,
-        need_weights=True,
-        average_attn_weights=False,
-    )
-    if mask is not None:
-        empty = ~mask.any(-1)  # (B, H, L): no key at all
-        w = w.masked_fill(empty[..., None], 0.0)
-        rows = empty.all(1)  # (B, L): no key in any head
-        out_bias = state["W_o.bias"].double() if bias else torch.zeros(D, dtype=F64)
-        out = torch.where(rows[..., None], out_bias, out)
-    return out.detach(), w.detach()
-
-
-def _likely_mha(state, D, H, bias, query, key, value, mask, given=None):
-    """What known bugs make of (output, weights), recomputed with altered weights. ``mask`` is
-    the full (B, H, L, S) mask, ``given`` the mask as the student's code received it."""
-    bugs = {}
-
-    def variant(change, m=mask):
-        altered = {**state, **change}
-        try:
-            return _torch_attention(altered, D, H, bias, query, key, value, m)
-        except RuntimeError:
-            return None
-
-    scale = 1 / math.sqrt(H)  # √Dh / √D: the scores of a √D scaling
-    bugs[f"scores scaled by √D = √{D} instead of √Dh = √{D // H} (the width of one head)"] = (
-        variant(
-            {"W_q.weight": state["W_q.weight"] * scale}
-            | ({"W_q.bias": state["W_q.bias"] * scale} if bias else {})
-        )
-    )
-    bugs["the output projection W_o missing: output = W_o(merge_heads(heads))"] = variant(
-        {"W_o.weight": torch.eye(D, dtype=state["W_o.weight"].dtype)}
-        | ({"W_o.bias": torch.zeros(D, dtype=state["W_o.weight"].dtype)} if bias else {})
-    )
-    if key.shape[-1] == D and value.shape[-1] == D:
-        bugs["the Linear weights used transposed: call the layers, self.W_q(query), ..."] = variant(
-            {f"W_{r}.weight": state[f"W_{r}.weight"].T for r in "qkvo"}
-        )
-    Dh = D // H
-    bugs["every head using head 0's slice of the projections: each head h has its own "
-         "columns h·Dh … (h+1)·Dh − 1 of W_q(query), W_k(key) and W_v(value)"] = variant(
-        {f"W_{r}.{p}": state[f"W_{r}.{p}"][:Dh].repeat(H, *[1] * (state[f"W_{r}.{p}"].dim() - 1))
-         for r in "qkv" for p in (("weight", "bias") if bias else ("weight",))}
-    )  # fmt: skip
-    if mask is not None:
-        bugs["an inverted mask: True means 'may attend' (nn.MultiheadAttention's masks mean "
-             "the opposite)"] = variant({}, ~mask)  # fmt: skip
-        bugs["the mask ignored"] = variant({}, None)
-    if given is not None and given.dim() == 3 and given.shape[0] in (1, H):
-        B, L, S = mask.shape[0], mask.shape[2], mask.shape[3]
-        bugs["a 3-dimensional mask, (B, L, S) or (B, 1, S), not given a head axis: it "
-             "broadcasts as (1, B, L, S), so head h "
-             "gets sequence h's mask. Insert the head axis: attn_mask[:, None]"] = variant(
-            {}, given[None].expand(B, H, L, S)
-        )  # fmt: skip
-    return {d: b for d, b in bugs.items() if b is not None and bool(torch.isfinite(b[0]).all())}
-
-
 def check_multi_head_attention(
     cls, B=2, L=3, S=5, H=2, Dh=4, kdim=6, vdim=7, dtype=torch.float32, seed=0
 ) -> None:
     """``cls(d_model, num_heads, dropout, bias, kdim, vdim)`` is multi-head attention with
     W_q, W_k, W_v, W_o, compared with ``nn.MultiheadAttention`` holding the same weights."""
+
+    # Local, like every oracle here: nothing importable computes multi-head attention for
+    # parameters and inputs of a caller's choosing.
+    def _torch_mha(state: dict, D: int, H: int, kdim: int, vdim: int, bias: bool) -> nn.Module:
+        """``nn.MultiheadAttention`` in float64 with the check's parameters copied in."""
+        mha = nn.MultiheadAttention(
+            D, H, bias=bias, batch_first=True, kdim=kdim, vdim=vdim, dtype=F64
+        )
+        w = {name: t.double() for name, t in state.items()}
+        with torch.no_grad():
+            if mha._qkv_same_embed_dim:
+                mha.in_proj_weight.copy_(
+                    torch.cat([w["W_q.weight"], w["W_k.weight"], w["W_v.weight"]])
+                )
+            else:
+                mha.q_proj_weight.copy_(w["W_q.weight"])
+                mha.k_proj_weight.copy_(w["W_k.weight"])
+                mha.v_proj_weight.copy_(w["W_v.weight"])
+            mha.out_proj.weight.copy_(w["W_o.weight"])
+            if bias:
+                mha.in_proj_bias.copy_(torch.cat([w["W_q.bias"], w["W_k.bias"], w["W_v.bias"]]))
+                mha.out_proj.bias.copy_(w["W_o.bias"])
+        return mha.eval()
+
+    def _torch_attention(state, D, H, bias, query, key, value, mask):
+        """What multi-head attention returns, by nn.MultiheadAttention (float64): output (B, L, D)
+        and per-head weights (B, H, L, S). ``mask`` is ours (True = may attend), already of shape
+        (B, H, L, S) or None. A query with no allowed key gets zero weights in every head, so its
+        output is W_o's bias (nn.MultiheadAttention itself returns NaN there)."""
+        B, L, S = query.shape[0], query.shape[1], key.shape[1]
+        mha = _torch_mha(state, D, H, key.shape[-1], value.shape[-1], bias)
+        blocked = (
+            None if mask is None else ~mask.reshape(B * H, L, S)
+        )  # its polarity: True = blocked
+        out, w = mha(
+            query.double(),
+            key.double(),
+            value.double(),
+            attn_mask=blocked,
+            need_weights=True,
+            average_attn_weights=False,
+        )
+        if mask is not None:
+            empty = ~mask.any(-1)  # (B, H, L): no key at all
+            w = w.masked_fill(empty[..., None], 0.0)
+            rows = empty.all(1)  # (B, L): no key in any head
+            out_bias = state["W_o.bias"].double() if bias else torch.zeros(D, dtype=F64)
+            out = torch.where(rows[..., None], out_bias, out)
+        return out.detach(), w.detach()
+
+    def _likely_mha(state, D, H, bias, query, key, value, mask, given=None):
+        """What known bugs make of (output, weights), recomputed with altered weights. ``mask`` is
+        the full (B, H, L, S) mask, ``given`` the mask as the student's code received it."""
+        bugs = {}
+
+        def variant(change, m=mask):
+            altered = {**state, **change}
+            try:
+                return _torch_attention(altered, D, H, bias, query, key, value, m)
+            except RuntimeError:
+                return None
+
+        scale = 1 / math.sqrt(H)  # √Dh / √D: the scores of a √D scaling
+        bugs[f"scores scaled by √D = √{D} instead of √Dh = √{D // H} (the width of one head)"] = (
+            variant(
+                {"W_q.weight": state["W_q.weight"] * scale}
+                | ({"W_q.bias": state["W_q.bias"] * scale} if bias else {})
+            )
+        )
+        bugs["the output projection W_o missing: output = W_o(merge_heads(heads))"] = variant(
+            {"W_o.weight": torch.eye(D, dtype=state["W_o.weight"].dtype)}
+            | ({"W_o.bias": torch.zeros(D, dtype=state["W_o.weight"].dtype)} if bias else {})
+        )
+        if key.shape[-1] == D and value.shape[-1] == D:
+            bugs["the Linear weights used transposed: call the layers, self.W_q(query), ..."] = (
+                variant({f"W_{r}.weight": state[f"W_{r}.weight"].T for r in "qkvo"})
+            )
+        Dh = D // H
+        names = [f"W_{r}.{p}" for r in "qkv" for p in (("weight", "bias") if bias else ("weight",))]
+        tiled = {n: state[n][:Dh].repeat(H, *[1] * (state[n].dim() - 1)) for n in names}
+        bugs["every head using head 0's slice of the projections: each head h has its own "
+             "columns h·Dh … (h+1)·Dh − 1 of W_q(query), W_k(key) and W_v(value)"] = variant(
+            tiled
+        )  # fmt: skip
+        if mask is not None:
+            bugs["an inverted mask: True means 'may attend' (nn.MultiheadAttention's masks mean "
+                 "the opposite)"] = variant({}, ~mask)  # fmt: skip
+            bugs["the mask ignored"] = variant({}, None)
+        if given is not None and given.dim() == 3 and given.shape[0] in (1, H):
+            B, L, S = mask.shape[0], mask.shape[2], mask.shape[3]
+            bugs["a 3-dimensional mask, (B, L, S) or (B, 1, S), not given a head axis: it "
+                 "broadcasts as (1, B, L, S), so head h "
+                 "gets sequence h's mask. Insert the head axis: attn_mask[:, None]"] = variant(
+                {}, given[None].expand(B, H, L, S)
+            )  # fmt: skip
+        return {d: b for d, b in bugs.items() if b is not None and bool(torch.isfinite(b[0]).all())}
+
     gen = generator(seed)
     D = H * Dh
     tol = 1e-9 if dtype == F64 else 1e-4
@@ -506,7 +506,7 @@ def check_multi_head_attention(
         return out
 
     def build(kd=D, vd=D, bias=True, dropout=0.0):
-        state = _state(gen, shapes(kd, vd, bias), dtype)
+        state = parameter_values(gen, shapes(kd, vd, bias), dtype)
         module = cls(D, H, dropout=dropout, bias=bias, kdim=kd, vdim=vd).to(dtype)
         load_parameters(module, state, "your MultiHeadAttention")
         return module.eval(), state

@@ -23,39 +23,19 @@ from torch import nn
 
 from course_lib.checks.core import (
     CheckFailed,
+    call_on_copies,
     expect,
     expect_close,
-    expect_copies_unchanged,
     expect_shape,
     generator,
     graded_alone,
     load_parameters,
-    private_copies,
+    parameter_values,
     randn,
     run,
 )
 
 F64 = torch.float64
-
-
-def _values(gen, shapes: dict[str, tuple[int, ...]], dtype) -> dict[str, torch.Tensor]:
-    """Seeded values: norm gains near 1, everything else scaled like a fresh layer."""
-    out = {}
-    for name, shape in shapes.items():
-        if "norm" in name and name.endswith("weight"):
-            out[name] = (1 + 0.2 * randn(gen, *shape, dtype=F64)).to(dtype)
-        else:
-            fan_in = shape[-1] if len(shape) > 1 else 4
-            out[name] = (randn(gen, *shape, dtype=F64) / math.sqrt(fan_in)).to(dtype)
-    return out
-
-
-def _call(fn, inputs: dict, **kwargs):
-    """``fn`` on private copies of ``inputs`` (in order); checks they come back unchanged."""
-    copies = private_copies(inputs)
-    result = fn(*[c for c in copies.values() if c is not None], **kwargs)
-    expect_copies_unchanged(inputs, copies)
-    return result
 
 
 def _blocked(mask: torch.Tensor | None, B: int, H: int, L: int, S: int):
@@ -64,14 +44,6 @@ def _blocked(mask: torch.Tensor | None, B: int, H: int, L: int, S: int):
     if mask is None:
         return None
     return ~mask.expand(B, L, S).repeat_interleave(H, dim=0)  # (B·H, L, S)
-
-
-def _ffn_module(D: int, F_: int) -> nn.Module:
-    """A PyTorch feed-forward network with our parameter names (linear1, linear2), to grade
-    the layers without the student's FeedForward."""
-    return nn.Sequential(
-        OrderedDict(linear1=nn.Linear(D, F_), relu=nn.ReLU(), linear2=nn.Linear(F_, D))
-    )
 
 
 # ------------------------------------------------------------------------------ LayerNorm
@@ -116,19 +88,19 @@ def check_layer_norm(cls, shape=(2, 3, 6), eps=1e-5, dtype=torch.float32, seed=0
         return module
 
     def values():
-        out = _call(build(), {"x": x})
+        out = call_on_copies(build(), {"x": x})
         expect_shape(out, tuple(shape), f"LayerNorm of x {tuple(shape)}")
         expect_close(out, expected, "the output (compared with F.layer_norm)", likely)
         expect(out.dtype == dtype, f"the output has dtype {out.dtype}, expected {dtype}")
 
     def constant_rows():
         flat = torch.full((2, D), 7.0, dtype=dtype)
-        out = _call(build(), {"x": flat})
+        out = call_on_copies(build(), {"x": flat})
         expect_close(out, b.expand(2, D), "LayerNorm of a constant row (it must be the bias)")
 
     def any_leading_shape():
         one = randn(gen, D, dtype=dtype)
-        out = _call(build(), {"x": one})
+        out = call_on_copies(build(), {"x": one})
         expect_close(out, F.layer_norm(one.double(), (D,), w, b, eps), "LayerNorm of x (D,)")
 
     def gradients():
@@ -160,7 +132,7 @@ def check_feed_forward(cls, B=2, L=3, D=4, F_=6, dtype=torch.float32, seed=0) ->
     gen = generator(seed)
     shapes = {"linear1.weight": (F_, D), "linear1.bias": (F_,)}
     shapes |= {"linear2.weight": (D, F_), "linear2.bias": (D,)}
-    state = _values(gen, shapes, dtype)
+    state = parameter_values(gen, shapes, dtype)
     W1, b1, W2, b2 = (state[n].double() for n in shapes)
     x = randn(gen, B, L, D, dtype=dtype)
     pre = x.double() @ W1.T + b1  # (B, L, F): the hidden layer before its activation
@@ -179,16 +151,16 @@ def check_feed_forward(cls, B=2, L=3, D=4, F_=6, dtype=torch.float32, seed=0) ->
         return module.eval()
 
     def values():
-        out = _call(build(), {"x": x})
+        out = call_on_copies(build(), {"x": x})
         expect_shape(out, (B, L, D), f"the output for x (B, L, D) = {(B, L, D)}")
         expect_close(out, expected, "the output", likely)
 
     def positionwise():
         module = build()
-        out = _call(module, {"x": x})
+        out = call_on_copies(module, {"x": x})
         changed = x.clone()
         changed[:, 0] += 5.0
-        out2 = _call(module, {"x": changed})
+        out2 = call_on_copies(module, {"x": changed})
         expect(
             torch.allclose(out2[:, 1:].double(), out[:, 1:].double()),
             "changing position 0 changed the other positions: the network acts on each "
@@ -197,10 +169,12 @@ def check_feed_forward(cls, B=2, L=3, D=4, F_=6, dtype=torch.float32, seed=0) ->
 
     def dropout_only_in_training():
         module = build(dropout=0.5)
-        expect_close(_call(module, {"x": x}), expected, "the output in eval mode, dropout=0.5")
+        expect_close(
+            call_on_copies(module, {"x": x}), expected, "the output in eval mode, dropout=0.5"
+        )
         module.train()
         torch.manual_seed(seed)
-        trained = _call(module, {"x": x})
+        trained = call_on_copies(module, {"x": x})
         module.eval()
         expect(
             not torch.allclose(trained.double(), expected),
@@ -257,7 +231,8 @@ def _build_layer(cls, D, H, F_, dropout, norm_first, state, dtype, what, norms):
     """The student's layer with PyTorch's LayerNorm and feed-forward network in place of the
     student's (graded alone), loaded with ``state``."""
     module = cls(D, H, F_, dropout=dropout, norm_first=norm_first)
-    module.ffn = _ffn_module(D, F_)
+    layers = OrderedDict(linear1=nn.Linear(D, F_), relu=nn.ReLU(), linear2=nn.Linear(F_, D))
+    module.ffn = nn.Sequential(layers)  # our parameter names: ffn.linear1, ffn.linear2
     for n in range(1, norms + 1):
         setattr(module, f"norm{n}", nn.LayerNorm(D))
     module = module.to(dtype)
@@ -286,12 +261,16 @@ def check_encoder_layer(cls, B=2, L=5, D=8, H=2, F_=12, dtype=torch.float32, see
         _to_torch_layer(state, layer)
         return layer(inp.double(), src_mask=_blocked(mask, B, H, L, L)).detach()
 
+    def build(norm_first, dropout=0.0):
+        state = parameter_values(gen, shapes, dtype)
+        what = "your EncoderLayer"
+        return _build_layer(cls, D, H, F_, dropout, norm_first, state, dtype, what, 2), state
+
     def probe(norm_first):
         name = "pre-LN (norm_first=True)" if norm_first else "post-LN (norm_first=False)"
-        state = _values(gen, shapes, dtype)
-        module = _build_layer(cls, D, H, F_, 0.0, norm_first, state, dtype, "your EncoderLayer", 2)
+        module, state = build(norm_first)
         for mask, what in ((None, "no mask"), (pad, "a padding mask (B, 1, L)")):
-            out = _call(module, {"x": x, "src_mask": mask})
+            out = call_on_copies(module, {"x": x, "src_mask": mask})
             expect_shape(out, (B, L, D), f"the output for x (B, L, D) = {(B, L, D)}")
             expect_close(
                 out,
@@ -307,10 +286,10 @@ def check_encoder_layer(cls, B=2, L=5, D=8, H=2, F_=12, dtype=torch.float32, see
         return module
 
     def padded_keys_change_nothing():
-        module = probe(False)
-        out = _call(module, {"x": x, "src_mask": pad})
+        module, _ = build(False)
+        out = call_on_copies(module, {"x": x, "src_mask": pad})
         noisy = torch.where(pad[:, 0, :, None], x, x + 10)  # change only padded positions
-        out2 = _call(module, {"x": noisy, "src_mask": pad})
+        out2 = call_on_copies(module, {"x": noisy, "src_mask": pad})
         real = pad[:, 0]  # (B, L)
         expect(
             torch.allclose(out2[real].double(), out[real].double(), atol=1e-6),
@@ -319,17 +298,16 @@ def check_encoder_layer(cls, B=2, L=5, D=8, H=2, F_=12, dtype=torch.float32, see
         )
 
     def dropout_only_in_training():
-        state = _values(gen, shapes, dtype)
-        module = _build_layer(cls, D, H, F_, 0.5, False, state, dtype, "your EncoderLayer", 2)
+        module, state = build(False, dropout=0.5)
         expect_close(
-            _call(module, {"x": x, "src_mask": None}),
+            call_on_copies(module, {"x": x, "src_mask": None}),
             oracle(state, False, x, None),
             "the output in eval mode with dropout=0.5 (dropout is off in eval)",
             atol=tol,
         )
         module.train()
         torch.manual_seed(seed)
-        trained = _call(module, {"x": x, "src_mask": None})
+        trained = call_on_copies(module, {"x": x, "src_mask": None})
         module.eval()
         expect(
             not torch.allclose(trained.double(), oracle(state, False, x, None)),
@@ -377,14 +355,18 @@ def check_decoder_layer(cls, B=2, T=4, S=6, D=8, H=2, F_=12, dtype=torch.float32
         return out.detach()
 
     def call(module, inp=x, mem=memory):
-        return _call(
+        return call_on_copies(
             module, {"x": inp, "memory": mem, "tgt_mask": causal, "memory_mask": memory_mask}
         )
 
+    def build(norm_first, dropout=0.0):
+        state = parameter_values(gen, shapes, dtype)
+        what = "your DecoderLayer"
+        return _build_layer(cls, D, H, F_, dropout, norm_first, state, dtype, what, 3), state
+
     def probe(norm_first):
         name = "pre-LN (norm_first=True)" if norm_first else "post-LN (norm_first=False)"
-        state = _values(gen, shapes, dtype)
-        module = _build_layer(cls, D, H, F_, 0.0, norm_first, state, dtype, "your DecoderLayer", 3)
+        module, state = build(norm_first)
         out = call(module)
         if tuple(getattr(out, "shape", ())) == (B, S, D):
             raise CheckFailed(
@@ -410,7 +392,7 @@ def check_decoder_layer(cls, B=2, T=4, S=6, D=8, H=2, F_=12, dtype=torch.float32
         return module
 
     def future_changes_nothing():
-        module = probe(False)
+        module, _ = build(False)
         out = call(module)
         t = T // 2
         later = x.clone()
@@ -423,7 +405,7 @@ def check_decoder_layer(cls, B=2, T=4, S=6, D=8, H=2, F_=12, dtype=torch.float32
         )
 
     def padded_memory_changes_nothing():
-        module = probe(True)
+        module, _ = build(True)
         out = call(module)
         noisy = torch.where(memory_mask[:, 0, :, None], memory, memory + 10)
         out2 = call(module, mem=noisy)
@@ -482,6 +464,19 @@ class TorchDecoderLayer(nn.TransformerDecoderLayer):
         )
 
 
+def _our_name(name: str) -> str:
+    """An ``nn.Transformer`` parameter's name in this course's model (with the stand-in layers,
+    whose own names are PyTorch's)."""
+    for theirs, ours in (
+        ("encoder.layers.", "encoder_layers."),
+        ("decoder.layers.", "decoder_layers."),
+        ("encoder.norm.", "encoder_norm."),
+        ("decoder.norm.", "decoder_norm."),
+    ):
+        name = name.replace(theirs, ours)
+    return name  # fmt: skip
+
+
 def check_transformer(
     cls, B=3, S=6, T=5, V_src=11, V_tgt=13, D=8, H=2, N=2, F_=12, dtype=torch.float32, seed=0
 ) -> None:
@@ -510,18 +505,15 @@ def check_transformer(
             reference = nn.Transformer(
                 D, H, N, N, F_, dropout=0.0, batch_first=True, norm_first=norm_first, dtype=F64
             )
-        ours = {}
-        for name, t in reference.state_dict().items():
-            target = name.replace("encoder.layers.", "encoder_layers.")
-            target = target.replace("decoder.layers.", "decoder_layers.")
-            target = target.replace("encoder.norm.", "encoder_norm.")
-            target = target.replace("decoder.norm.", "decoder_norm.")
-            if "_norm." in target and not norm_first:
-                continue  # post-LN: no final norm in this course (nn.Transformer has one)
-            ours[target] = tuple(t.shape)
+        renamed = {name: _our_name(name) for name in reference.state_dict()}  # theirs -> ours
+        if not norm_first:  # post-LN: no final norm in this course (nn.Transformer has one)
+            renamed = {k: v for k, v in renamed.items() if "_norm." not in v}
+        ours = {
+            mine: tuple(reference.state_dict()[theirs].shape) for theirs, mine in renamed.items()
+        }
         ours |= {"src_embed.embedding.weight": (V_src, D), "tgt_embed.embedding.weight": (V_tgt, D)}
         ours |= {"out.weight": (V_tgt, D), "out.bias": (V_tgt,)}
-        state = _values(gen, ours, dtype)
+        state = parameter_values(gen, ours, dtype)
         state["src_embed.embedding.weight"][0] = 0.0  # the PAD rows
         state["tgt_embed.embedding.weight"][0] = 0.0
         with graded_alone(cls.forward, **stand_ins):
@@ -529,17 +521,9 @@ def check_transformer(
         module = module.to(dtype)
         load_parameters(module, state | {"positions.pe": pe.to(dtype)}, "your Transformer")
         # the oracle: nn.Transformer with the same weights, embeddings and positions by hand
-        theirs = {}
-        for name in reference.state_dict():
-            target = name.replace("encoder.layers.", "encoder_layers.")
-            target = target.replace("decoder.layers.", "decoder_layers.")
-            target = target.replace("encoder.norm.", "encoder_norm.")
-            target = target.replace("decoder.norm.", "decoder_norm.")
-            if target in state:
-                theirs[name] = state[target].double()
-            else:
-                theirs[name] = reference.state_dict()[name]
-        reference.load_state_dict(theirs)
+        reference.load_state_dict(
+            {theirs: state[mine].double() for theirs, mine in renamed.items()}, strict=False
+        )
         if not norm_first:
             reference.encoder.norm, reference.decoder.norm = None, None
         return module.train(), reference.train(), {k: v.double() for k, v in state.items()}
@@ -561,7 +545,7 @@ def check_transformer(
         return (hidden @ w["out.weight"].T + w["out.bias"]).detach()
 
     def call(module, s=src, t=tgt_in):
-        return _call(module, {"src": s, "src_lens": src_lens, "tgt_in": t})
+        return call_on_copies(module, {"src": s, "src_lens": src_lens, "tgt_in": t})
 
     def logits(norm_first):
         module, reference, w = make(norm_first)
@@ -589,7 +573,7 @@ def check_transformer(
 
     def encode_returns_memory_and_mask():
         module, reference, w = make(False)
-        result = _call(module.encode, {"src": src, "src_lens": src_lens})
+        result = call_on_copies(module.encode, {"src": src, "src_lens": src_lens})
         expect(isinstance(result, tuple) and len(result) == 3, "encode returns 3 values")
         memory, state, mask = result
         e_src = w["src_embed.embedding.weight"][src] * math.sqrt(D) + pe[:S]
