@@ -24,7 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -281,39 +281,50 @@ TIMES = {"today": ("오늘", "present"), "yesterday": ("어제", "past")}
 OBJECT_WORDS = {**OBJECTS, **ANIMALS}
 
 
-def _subject(rng: random.Random) -> tuple[list[str], list[str], str]:
-    """English words, Korean words and the English agreement of a random subject."""
+# The grammar builds each Korean word together with the position of the English word it
+# translates (its gold alignment): (Korean word, English index). Articles, "and", "am/is/are"
+# and the prepositions of places have no Korean word of their own.
+Aligned = list[tuple[str, int]]
+
+
+def _subject(rng: random.Random) -> tuple[list[str], Aligned, str]:
+    """English words, aligned Korean words and the English agreement of a random subject."""
     if rng.random() < 0.4:
         en = rng.choice(list(PRONOUNS))
         ko, agreement = PRONOUNS[en]
-        return [en], [ko], agreement
+        return [en], [(ko, 0)], agreement
     noun = rng.choice(list({**PEOPLE, **ANIMALS}))
     ko_noun = {**PEOPLE, **ANIMALS}[noun]
     en, ko = ["the"], []
     if rng.random() < 0.3:
         adj = rng.choice(list(ADJECTIVES))
         en.append(adj)
-        ko.append(ADJECTIVES[adj])
-    return en + [noun], ko + [particle(ko_noun, "subject")], "3sg"
+        ko.append((ADJECTIVES[adj], 1))
+    return en + [noun], ko + [(particle(ko_noun, "subject"), len(en))], "3sg"
 
 
-def _object(rng: random.Random, noun: str) -> tuple[list[str], list[str]]:
+def _object(rng: random.Random, noun: str) -> tuple[list[str], Aligned]:
     en, ko = [], []
     if noun not in MASS_NOUNS:
         en.append("the" if noun in ANIMALS else ("an" if noun[0] in "aeiou" else "a"))
     if noun not in MASS_NOUNS and rng.random() < 0.3:
         adj = rng.choice(list(ADJECTIVES))
         en.append(adj)
-        ko.append(ADJECTIVES[adj])
+        ko.append((ADJECTIVES[adj], 1))
         if en[0] == "an":
             en[0] = "an" if adj[0] in "aeiou" else "a"
         elif en[0] == "a" and adj[0] in "aeiou":
             en[0] = "an"
-    return en + [noun], ko + [particle(OBJECT_WORDS[noun], "object")]
+    return en + [noun], ko + [(particle(OBJECT_WORDS[noun], "object"), len(en))]
 
 
-def _clause(rng: random.Random, joined: bool = False) -> tuple[list[str], list[str]]:
-    """English and Korean words of one transitive clause.
+def _shifted(ko: Aligned, offset: int) -> Aligned:
+    """Korean words aligned to English words that now start at ``offset``."""
+    return [(word, offset + i) for word, i in ko]
+
+
+def _clause(rng: random.Random, joined: bool = False) -> tuple[list[str], Aligned]:
+    """English words and aligned Korean words of one transitive clause.
 
     English:  SUBJECT VERB OBJECT [PLACE] [TIME]     ("the cat ate fish at home yesterday")
     Korean:   [TIME] SUBJECT [PLACE] OBJECT VERB     ("어제 고양이가 집에서 생선을 먹었다")
@@ -333,23 +344,27 @@ def _clause(rng: random.Random, joined: bool = False) -> tuple[list[str], list[s
     en = [*en_subj, en_verb, *en_obj]
     ko = [*ko_subj]
     if place:
-        en.append(place)
-        ko.append(PLACES[place])
-    ko += [*ko_obj, ko_verb]
+        en += place.split()
+        ko.append((PLACES[place], len(en) - 1))  # 집에서 translates "at home": aligned to "home"
+    ko += [*_shifted(ko_obj, len(en_subj) + 1), (ko_verb, len(en_subj))]
     if time:
         en.append(time)
-        ko.insert(0, TIMES[time][0])
+        ko.insert(0, (TIMES[time][0], len(en) - 1))
     return en, ko
 
 
-def translation_example(rng: random.Random) -> tuple[str, str]:
-    """One (English, Korean) sentence pair from the toy grammar.
+def aligned_translation_example(rng: random.Random) -> tuple[str, str, tuple[int, ...]]:
+    """One (English, Korean) sentence pair from the toy grammar, with its gold alignment.
 
     Mostly one clause, subject–verb–object in English and subject–object–verb in Korean
     ("the cat ate fish at home yesterday" → "어제 고양이가 집에서 생선을 먹었다"); one time in
     three, two clauses joined by "and", which Korean expresses with the connective verb form
     ("the cat eats fish and the dog drinks milk" → "고양이가 생선을 먹고 개가 우유를 마신다");
     one time in six, a copula sentence ("i am a student" → "나는 학생이다").
+
+    Returns:
+        English text, Korean text, and for each Korean word the index of the English word it
+        translates (어제 → "yesterday", 집에서 → "home", 학생이다 → "student").
     """
     if rng.random() < 1 / 6:
         pronoun = rng.choice(list(PRONOUNS))
@@ -360,13 +375,21 @@ def translation_example(rng: random.Random) -> tuple[str, str]:
         else:  # "i am a student", "you are a doctor", "she is a teacher"
             be = {"1sg": "am", "3sg": "is"}.get(agreement, "are")
             en = [pronoun, be, "a", noun]
-        return " ".join(en), " ".join([ko_subj, particle(PEOPLE[noun], "copula")])
-    if rng.random() < 0.4:
+        ko = [(ko_subj, 0), (particle(PEOPLE[noun], "copula"), len(en) - 1)]
+    elif rng.random() < 0.4:
         en_first, ko_first = _clause(rng, joined=True)
         en_second, ko_second = _clause(rng)
-        return " ".join([*en_first, "and", *en_second]), " ".join([*ko_first, *ko_second])
-    en, ko = _clause(rng)
-    return " ".join(en), " ".join(ko)
+        en = [*en_first, "and", *en_second]
+        ko = [*ko_first, *_shifted(ko_second, len(en_first) + 1)]
+    else:
+        en, ko = _clause(rng)
+    return " ".join(en), " ".join(word for word, _ in ko), tuple(i for _, i in ko)
+
+
+def translation_example(rng: random.Random) -> tuple[str, str]:
+    """One (English, Korean) sentence pair (:func:`aligned_translation_example` without the
+    alignment; the same pair for the same random state)."""
+    return aligned_translation_example(rng)[:2]
 
 
 def tokenize_words(text: str) -> list[str]:
@@ -393,21 +416,22 @@ def translation_vocabs() -> tuple[Vocab, Vocab]:
 
 
 def unique_examples(
-    make: Callable[[random.Random], tuple[str, str]], n: int, seed: int, max_tries: int = 50
-) -> list[tuple[str, str]]:
-    """``n`` examples with distinct sources, drawn with ``random.Random(seed)``."""
+    make: Callable[[random.Random], tuple], n: int, seed: int, max_tries: int = 50
+) -> list[tuple]:
+    """``n`` examples ``(source, target, ...)`` with distinct sources, drawn with
+    ``random.Random(seed)``."""
     rng = random.Random(seed)
-    seen: dict[str, str] = {}
+    seen: dict[str, tuple] = {}
     tries = 0
     while len(seen) < n:
-        source, target = make(rng)
-        if source in seen:
+        example = make(rng)  # (source, target, anything else the maker adds)
+        if example[0] in seen:
             tries += 1
             if tries > max_tries * n:
                 raise ValueError(f"could not draw {n} distinct examples (got {len(seen)})")
             continue
-        seen[source] = target
-    return list(seen.items())
+        seen[example[0]] = example
+    return list(seen.values())
 
 
 def split(
@@ -440,6 +464,8 @@ class Task:
     train: list[tuple[str, str]]
     valid: list[tuple[str, str]]
     test: list[tuple[str, str]]
+    # source text -> for each target word, the index of the source word it translates
+    alignments: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     def split(self, name: str) -> list[tuple[str, str]]:
         if name not in ("train", "valid", "test"):
@@ -488,13 +514,14 @@ def dates_task(n: int = 20_000, seed: int = 0) -> Task:
 
 
 def translation_task(n: int = 4_000, seed: int = 0) -> Task:
-    """Toy English→Korean translation: ``n`` distinct sentences split 80/10/10.
+    """Toy English→Korean translation: ``n`` distinct sentences split 80/10/10, with the gold
+    word alignment of each (``Task.alignments``).
 
     The vocabularies cover the whole grammar (not just the drawn sentences), so any
     sentence the grammar can produce encodes without UNK.
     """
-    pairs = unique_examples(translation_example, n, seed)
-    train, valid, test = split(pairs, seed=seed)
+    examples = unique_examples(aligned_translation_example, n, seed)
+    train, valid, test = split([(en, ko) for en, ko, _ in examples], seed=seed)
     src_vocab, tgt_vocab = translation_vocabs()
     return Task(
         "en-ko",
@@ -506,6 +533,7 @@ def translation_task(n: int = 4_000, seed: int = 0) -> Task:
         train,
         valid,
         test,
+        {en: alignment for en, _, alignment in examples},
     )
 
 

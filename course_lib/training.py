@@ -124,6 +124,20 @@ def load_checkpoint(
     return state["extra"]
 
 
+def warmup_linear(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """A learning-rate factor for :func:`fit`: a linear rise from 1/warmup_steps to 1 over
+    ``warmup_steps`` steps, then a linear decay to 0 at ``total_steps``."""
+    if not 0 < warmup_steps < total_steps:
+        raise ValueError(f"need 0 < warmup_steps < total_steps, got {warmup_steps}, {total_steps}")
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return max(0.0, (total_steps - step) / (total_steps - warmup_steps))
+
+    return factor
+
+
 def fit(
     model: nn.Module,
     loss_fn: Callable[[nn.Module, Any], torch.Tensor],
@@ -135,6 +149,7 @@ def fit(
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
     evaluate_every: int | None = None,
     stop_when: Callable[[dict[str, float]], bool] | None = None,
+    lr_schedule: Callable[[int], float] | None = None,
     clip_norm: float | None = 1.0,
     seed: int = 0,
     device: torch.device | str | None = None,
@@ -156,6 +171,8 @@ def fit(
             eval mode without gradients.
         evaluate_every: evaluate every this many steps too, not only after each epoch.
         stop_when: ``stop_when(metrics)`` true stops training early (e.g. accuracy ≥ 0.95).
+        lr_schedule: the learning rate of step ``s`` (0, 1, ...) is the optimizer's initial
+            rate × ``lr_schedule(s)`` (e.g. :func:`warmup_linear`); None: constant.
         clip_norm: clip the gradient norm to this (RNNs' exploding gradients); None: no clip.
         seed: seeds the generators before training, for reproducible runs.
         checkpoint: save model, optimizer and history there after each epoch.
@@ -173,6 +190,7 @@ def fit(
     seed_everything(seed)
     if optimizer is None:
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    base_lrs = [group.setdefault("initial_lr", group["lr"]) for group in optimizer.param_groups]
     history: list[Record] = []
     first_epoch, step, train_seconds, train_tokens = 0, 0, 0.0, 0
     if resume and checkpoint is not None and Path(checkpoint).exists():
@@ -224,6 +242,9 @@ def fit(
             loss.backward()
             if clip_norm is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+            if lr_schedule is not None:  # from the step count, so a resumed run continues it
+                for group, base_lr in zip(optimizer.param_groups, base_lrs, strict=True):
+                    group["lr"] = base_lr * lr_schedule(step)
             optimizer.step()
             losses.append(loss.item())  # waits for the GPU, so the timing below is honest
             now = time.perf_counter()

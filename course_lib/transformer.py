@@ -60,9 +60,9 @@ class LayerNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         validate.tensor("x", x, "(..., D)")
         validate.same_size("D", "x", x.shape[-1], "weight", self.weight.shape[0])
-        mean = x.mean(dim=-1, keepdim=True)  # (..., 1): per position, over the features
-        var = x.var(dim=-1, unbiased=False, keepdim=True)  # (..., 1), biased like the paper
-        return (x - mean) / torch.sqrt(var + self.eps) * self.weight + self.bias
+        centred = x - x.mean(dim=-1, keepdim=True)  # (..., D): per position, over the features
+        var = (centred * centred).mean(dim=-1, keepdim=True)  # (..., 1), biased like the paper
+        return centred / torch.sqrt(var + self.eps) * self.weight + self.bias
 
 
 class FeedForward(nn.Module):
@@ -121,9 +121,10 @@ class EncoderLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
         _check_sequence("x", x, self.norm1.weight.shape[0])
+        keep = not self.training  # weights kept for plots in eval; the fused kernel in training
 
         def attend(y):  # the self-attention sublayer, dropout on its output
-            return self.dropout(self.self_attn(y, y, y, src_mask)[0])  # (B, L, D)
+            return self.dropout(self.self_attn(y, y, y, src_mask, need_weights=keep)[0])
 
         if self.norm_first:  # pre-LN
             x = x + attend(self.norm1(x))
@@ -163,12 +164,14 @@ class DecoderLayer(nn.Module):
     ) -> torch.Tensor:
         _check_sequence("x", x, self.norm1.weight.shape[0])
         _check_sequence("memory", memory, self.norm1.weight.shape[0])
+        keep = not self.training  # weights kept for plots in eval; the fused kernel in training
 
         def masked_self(y):  # each position reads itself and the earlier ones
-            return self.dropout(self.self_attn(y, y, y, tgt_mask)[0])
+            return self.dropout(self.self_attn(y, y, y, tgt_mask, need_weights=keep)[0])
 
         def cross(y):  # queries from the decoder, keys and values from the encoder
-            return self.dropout(self.cross_attn(y, memory, memory, memory_mask)[0])
+            out = self.cross_attn(y, memory, memory, memory_mask, need_weights=keep)[0]
+            return self.dropout(out)
 
         if self.norm_first:  # pre-LN
             x = x + masked_self(self.norm1(x))

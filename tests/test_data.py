@@ -148,6 +148,34 @@ def test_korean_is_subject_object_verb():
     assert one > 300 and two > 200
 
 
+def test_gold_alignment_links_each_korean_word_to_its_translation():
+    """Every Korean word is linked to the English word the lexicon translates it with."""
+    stems = {en: {ko} for en, (ko, _) in data.PRONOUNS.items()}
+    for lexicon in (data.PEOPLE, data.ANIMALS, data.ADJECTIVES, data.OBJECTS):
+        for en, ko in lexicon.items():
+            stems.setdefault(en, set()).add(ko)
+    for en, ko in data.PEOPLE.items():  # the plural copula: "we are students" -> 학생이다
+        stems["children" if en == "child" else en + "s"] = {ko}
+    for forms, ko_forms, _ in data.VERBS.values():
+        for form in forms:
+            stems.setdefault(form, set()).update(ko_forms)
+    for place, ko in data.PLACES.items():
+        stems[place.split()[-1]] = {ko}
+    for en, (ko, _) in data.TIMES.items():
+        stems[en] = {ko}
+    task = data.translation_task(1000, seed=0)
+    assert set(task.alignments) == {en for split in ("train", "valid", "test")
+                                    for en, _ in task.split(split)}  # fmt: skip
+    for en, ko in task.train:
+        en_words, ko_words = en.split(), ko.split()
+        links = task.alignments[en]
+        assert len(links) == len(ko_words)
+        for ko_word, i in zip(ko_words, links, strict=True):
+            assert any(ko_word.startswith(stem) for stem in stems[en_words[i]]), (en, ko, links)
+    rng = random.Random(0)
+    assert data.aligned_translation_example(rng)[:2] == data.translation_example(random.Random(0))
+
+
 def test_translation_task_is_deterministic_and_closed():
     a, b = data.translation_task(300, seed=5), data.translation_task(300, seed=5)
     assert a.train == b.train and a.src_vocab == b.src_vocab and a.tgt_vocab == b.tgt_vocab

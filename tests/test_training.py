@@ -122,6 +122,32 @@ def test_evaluate_every_records_mid_epoch(tiny):
     assert all(r["x"] == 1.0 for r in history)
 
 
+def test_lr_schedule_sets_each_steps_rate_and_survives_resume(tiny, tmp_path):
+    task, examples = tiny  # 3 batches per epoch
+    schedule = training.warmup_linear(2, 6)
+    assert [schedule(s) for s in range(7)] == [0.5, 1.0, 1.0, 0.75, 0.5, 0.25, 0.0]
+    seen = []
+
+    class Recording(torch.optim.Adam):
+        def step(self, closure=None):
+            seen.append(self.param_groups[0]["lr"])
+            return super().step(closure)
+
+    model = make_model(task)
+    run(model, examples, epochs=2, optimizer=Recording(model.parameters(), lr=0.1),
+        lr_schedule=schedule)  # fmt: skip
+    assert seen == pytest.approx([0.05, 0.1, 0.1, 0.075, 0.05, 0.025])
+    straight, path = make_model(task), tmp_path / "ckpt.pt"
+    run(straight, examples, epochs=2, lr_schedule=schedule)
+    run(make_model(task), examples, epochs=1, checkpoint=path, lr_schedule=schedule)
+    resumed = make_model(task, seed=3)
+    run(resumed, examples, epochs=2, checkpoint=path, resume=True, lr_schedule=schedule)
+    for pa, pb in zip(straight.parameters(), resumed.parameters(), strict=True):
+        assert torch.allclose(pa, pb, atol=1e-6)
+    with pytest.raises(ValueError, match="warmup_steps"):
+        training.warmup_linear(5, 5)
+
+
 def test_device_helpers():
     assert training.default_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
     batch = data.collate([([5], [1, 4, 2])])
