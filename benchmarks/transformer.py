@@ -1,4 +1,4 @@
-"""Chapter 6's Transformer against torch.nn.Transformer: one training step each, same weights.
+"""Chapter 6's Transformer against torch.nn.Transformer, and against chapter 3's RNN on dates.
 
 Run: .venv/bin/python -m benchmarks.transformer [--threads N] [--repeats 5] [--quick]
 
@@ -9,6 +9,11 @@ timed, in this one process, on one training step — forward, cross-entropy, bac
 the best of ``--repeats``. Before timing, the two are checked to give the same loss. The
 ratio ours / PyTorch is what to compare across machines; absolute times depend on the
 processor and on what else it is running.
+
+Then the date task of chapters 3 and 6, in the same process: our Transformer (D = 64, H = 4,
+N = 2, F = 128, no dropout, warm-up to 3e-3) and chapter 3's ``Seq2Seq`` with attention train on
+the same batches of 64 until 99% exact match on 500 validation dates (evaluated every 50 steps),
+and the training time of each to that target is printed with their ratio.
 """
 
 from __future__ import annotations
@@ -22,7 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from course_lib import data
 from course_lib.attention import causal_mask, padding_mask
+from course_lib.seq2seq import Seq2Seq, exact_match, sequence_loss
+from course_lib.training import fit, warmup_linear
 from course_lib.transformer import Transformer
 
 SIZES = {"small": dict(D=64, H=4, N=2, F=256), "base-ish": dict(D=256, H=8, N=3, F=1024)}
@@ -92,6 +100,53 @@ def best_time(step, repeats: int) -> float:
     return min(times)
 
 
+def seconds_to_target(model, task, *, steps, lr, lr_schedule=None, target=0.99, every=50):
+    """Train ``model`` on ``task`` until validation exact match reaches ``target``; return the
+    training seconds (evaluation excluded) and steps it took, or None for each if it did not."""
+    train_set, valid_set = task.encode("train"), task.encode("valid")[:500]
+    history = fit(
+        model,
+        lambda m, b: sequence_loss(m, b.src, b.src_lens, b.tgt),
+        lambda epoch: data.make_batches(train_set, 64, shuffle=True, seed=epoch),
+        epochs=-(-steps // -(-len(train_set) // 64)),
+        lr=lr,
+        lr_schedule=lr_schedule,
+        evaluate=lambda m: {"exact": exact_match(m, valid_set, 12).float().mean().item()},
+        evaluate_every=every,
+        stop_when=lambda metrics: metrics["exact"] >= target,
+        progress=False,
+        device="cpu",
+    )
+    last = history[-1]
+    return (last.seconds, last.step) if last["exact"] >= target else (None, None)
+
+
+def race_on_dates(quick: bool) -> float | None:
+    """Time to 99% date exact match: our Transformer against chapter 3's RNN, one after the
+    other in this process. Returns the ratio Transformer / RNN, or None if one missed."""
+    dates = data.dates_task(n=400 if quick else 20_000, seed=0)
+    steps, every = (4, 2) if quick else (2_000, 50)
+    V_src, V_tgt = len(dates.src_vocab), len(dates.tgt_vocab)
+    torch.manual_seed(0)
+    ours = Transformer(V_src, V_tgt, 64, 4, 2, 128, dropout=0.0)
+    results = {
+        "Transformer": seconds_to_target(ours, dates, steps=steps, lr=3e-3, every=every,
+                                         lr_schedule=warmup_linear(min(100, steps - 1), steps)),
+    }  # fmt: skip
+    torch.manual_seed(0)
+    rnn = Seq2Seq(V_src, V_tgt)
+    results["RNN (chapter 3)"] = seconds_to_target(rnn, dates, steps=steps, lr=3e-3, every=every)
+    print(f"dates, batches of 64, until 99% validation exact match (at most {steps} steps):")
+    for name, (seconds, step) in results.items():
+        print(f"{name:>16s}: " + ("not reached" if seconds is None else f"{seconds:6.1f} s, "
+                                  f"{step} steps"))  # fmt: skip
+    (t_ours, _), (t_rnn, _) = results.values()
+    if t_ours is None or t_rnn is None:
+        return None
+    print(f"time to 99%: Transformer / RNN = {t_ours / t_rnn:.2f}")
+    return t_ours / t_rnn
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -126,6 +181,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         ratios[name] = t_ours / t_theirs
         n = sum(p.numel() for p in ours.parameters())
         print(f"{name:>9s} {n:11,d} {1e3 * t_ours:9.1f} {1e3 * t_theirs:9.1f} {ratios[name]:11.2f}")
+    ratios["dates"] = race_on_dates(args.quick)
     return ratios
 
 

@@ -55,5 +55,6 @@ def test_arguments_are_checked():
 
 def test_benchmark_runs_and_agrees(capsys):
     ratios = benchmark.main(["--quick"])
-    assert set(ratios) == {"tiny"} and ratios["tiny"] > 0
-    assert "ours/torch" in capsys.readouterr().out
+    assert set(ratios) == {"tiny", "dates"} and ratios["tiny"] > 0
+    out = capsys.readouterr().out
+    assert "ours/torch" in out and "until 99% validation exact match" in out
