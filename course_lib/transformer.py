@@ -262,6 +262,8 @@ class Transformer(nn.Module):
         state = torch.cat([state, prev[:, None]], dim=1)  # (B, t) -> (B, t + 1)
         hidden = self.decode(state, memory, mask)  # (B, t + 1, D)
         weights = self.decoder_layers[-1].cross_attn.last_weights  # (B, H, t + 1, S)
+        if weights is None:  # the layers keep their weights in eval mode only
+            raise RuntimeError("decoding needs the model in eval mode: call model.eval() first")
         return self.out(hidden[:, -1]), state, weights[:, :, -1].mean(1)
 
     def forward(self, src, src_lens, tgt_in):

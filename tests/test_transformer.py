@@ -30,6 +30,21 @@ def test_step_by_step_decoding_agrees_with_teacher_forcing(norm_first):
         torch.testing.assert_close(step_logits, logits[:, t], atol=1e-5, rtol=1e-5)
 
 
+def test_training_takes_the_fused_path_and_decoding_asks_for_eval():
+    """In training the layers keep no weights (the fused kernel); in eval they keep them for
+    plots and ``step``, and decoding a model left in training mode says what to do."""
+    torch.manual_seed(0)
+    model = Transformer(11, 13, 16, 2, 1, 32, dropout=0.0)
+    src, src_lens, tgt_in = torch.randint(4, 11, (2, 5)), torch.tensor([5, 3]), torch.ones(2, 1)
+    train_logits = model(src, src_lens, tgt_in.long())
+    assert model.decoder_layers[0].cross_attn.last_weights is None
+    with pytest.raises(RuntimeError, match="model.eval"):
+        greedy_decode(model, src, src_lens, max_len=3)
+    eval_logits = model.eval()(src, src_lens, tgt_in.long())
+    torch.testing.assert_close(train_logits, eval_logits)  # dropout 0: the same function
+    assert model.decoder_layers[0].cross_attn.last_weights.shape == (2, 2, 1, 5)
+
+
 def test_sequence_loss_trains_it():
     torch.manual_seed(0)
     model = Transformer(11, 13, 16, 2, 1, 32, dropout=0.0)
