@@ -1,0 +1,122 @@
+"""``python -m course_lib.train``: it trains, resumes exactly, and under torchrun (gloo, two
+processes) computes what one process does with the same global batch."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from course_lib import train
+from course_lib.transformer import Transformer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# a few steps of the tiny model on 300 sentences, batches of 16: seconds, not minutes
+SMALL = ["--examples", "300", "--batch-size", "16", "--no-progress", "--log-every", "1"]
+
+
+def parameters(out):
+    return torch.load(out / "checkpoint.pt", weights_only=False)["model"]
+
+
+def metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_it_trains_and_writes_metrics_and_a_loadable_checkpoint(tmp_path):
+    train.main([*SMALL, "--steps", "8", "--eval-every", "4", "--lr", "3e-3", "--out",
+                str(tmp_path)])  # fmt: skip
+    log = metrics(tmp_path)
+    assert [r["step"] for r in log] == list(range(1, 9))
+    assert log[-1]["loss"] < log[0]["loss"]
+    assert "exact_match" in log[3] and 0 <= log[7]["exact_match"] <= 1
+    assert all(r["tokens_per_second"] > 0 for r in log)
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert saved["step"] == 8 and saved["args"]["size"] == "tiny"
+    task = train.TASKS["en-ko"](300, 0)
+    model = Transformer(len(task.src_vocab), len(task.tgt_vocab), **train.SIZES["tiny"])
+    model.load_state_dict(saved["model"])  # strict: the model entry is the state_dict
+
+
+def test_resume_gives_the_parameters_of_an_uninterrupted_run(tmp_path):
+    args = [*SMALL, "--steps", "6", "--warmup", "2"]  # dropout on: its masks must resume too
+    train.main([*args, "--out", str(tmp_path / "straight")])
+    train.main([*args, "--stop-at", "3", "--out", str(tmp_path / "resumed")])
+    assert torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)["step"] == 3
+    train.main([*args, "--resume", "--out", str(tmp_path / "resumed")])
+    straight, resumed = parameters(tmp_path / "straight"), parameters(tmp_path / "resumed")
+    for name, value in straight.items():
+        assert torch.equal(value, resumed[name]), name
+    assert [r["step"] for r in metrics(tmp_path / "resumed")] == list(range(1, 7))
+
+
+def test_schedules_warm_up_and_peak_at_one():
+    for schedule in ("noam", "cosine"):
+        factors = [train.lr_factor(schedule, s, 4, 20) for s in range(20)]
+        assert factors[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])  # peak at step warmup - 1
+        assert max(factors) == 1.0 and factors[-1] < factors[4]
+    assert train.lr_factor("cosine", 19, 4, 20) == pytest.approx(0.0)
+    assert train.lr_factor("noam", 15, 4, 20) == pytest.approx(0.5)  # sqrt(4 / 16)
+
+
+def test_shards_are_disjoint_cover_the_epoch_and_reshuffle():
+    for batches, world in ((10, 2), (11, 3), (4, 4)):
+        shards = [train.shard(batches, rank, world) for rank in range(world)]
+        assert len({len(s) for s in shards}) == 1  # equal: every rank all-reduces as often
+        flat = sorted(i for s in shards for i in s)
+        assert flat == list(range(batches - batches % world))  # disjoint, all but the remainder
+    examples = train.TASKS["en-ko"](300, 0).encode("train")
+    first, again = (train.epoch_batches(examples, 16, seed=0, epoch=0) for _ in range(2))
+    second = train.epoch_batches(examples, 16, seed=0, epoch=1)
+    assert all(torch.equal(a.src, b.src) for a, b in zip(first, again, strict=True))
+    assert not torch.equal(first[0].src, second[0].src)  # a new order each epoch
+
+
+def torchrun(tmp_path, name, *args):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "course_lib.train",
+               *SMALL, "--dropout", "0", "--out", str(tmp_path / name), *args]  # fmt: skip
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp_path / name
+
+
+@pytest.mark.slow
+def test_two_processes_with_gloo_match_one_with_the_same_global_batch(tmp_path):
+    """DDP over 2 ranks × 2 accumulated micro-batches = 1 process × 4, micro-batch for
+    micro-batch; and with accumulation the gradients are all-reduced once per step (no_sync),
+    as often as without it."""
+    steps = ["--steps", "3", "--lr", "3e-3"]
+    ddp = torchrun(tmp_path, "ddp", *steps, "--accumulate", "2")
+    train.main([*SMALL, *steps, "--dropout", "0", "--accumulate", "4", "--out",
+                str(tmp_path / "one")])  # fmt: skip
+    one = parameters(tmp_path / "one")
+    for name, value in parameters(ddp).items():
+        if name.endswith("W_k.bias"):
+            # Its exact gradient is zero (it adds q·b to every score of a query, which the
+            # softmax ignores), so Adam normalises rounding noise into steps of up to lr.
+            assert (value - one[name]).abs().max() <= 3e-3 * 3, name
+            continue
+        torch.testing.assert_close(value, one[name], atol=1e-6, rtol=1e-5, msg=name)
+    for mine, theirs in zip(metrics(ddp), metrics(tmp_path / "one"), strict=True):
+        assert mine["loss"] == pytest.approx(theirs["loss"], rel=1e-4)
+    no_accumulation = torchrun(tmp_path, "ddp1", *steps)
+    calls = metrics(ddp)[-1]["allreduce_calls"]
+    assert calls > 0 and calls == metrics(no_accumulation)[-1]["allreduce_calls"]
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_learns_what_fp32_learns(tmp_path, precision):
+    """Autocast on the CPU (fp16 with gradient scaling): the losses of the first steps stay
+    within a few percent of float32's."""
+    args = [*SMALL, "--steps", "4", "--dropout", "0", "--lr", "3e-3"]
+    train.main([*args, "--out", str(tmp_path / "fp32")])
+    train.main([*args, "--precision", precision, "--out", str(tmp_path / precision)])
+    for low, full in zip(metrics(tmp_path / precision), metrics(tmp_path / "fp32"), strict=True):
+        assert low["loss"] == pytest.approx(full["loss"], rel=0.03)
+    scaler = torch.load(tmp_path / precision / "checkpoint.pt", weights_only=False)["scaler"]
+    assert bool(scaler) == (precision == "fp16")  # a scaler's state only where it scales
