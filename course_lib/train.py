@@ -34,6 +34,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.parallel import DistributedDataParallel
 
 from course_lib import data
@@ -64,6 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:1")
     p.add_argument("--precision", choices=["fp32", "tf32", "bf16", "fp16"], default="fp32")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--attention", choices=["auto", "math"], default="auto",
+                   help="math: scaled_dot_product_attention without fused kernels")  # fmt: skip
+    p.add_argument("--fused-adamw", action="store_true", help="AdamW's fused kernel")
     p.add_argument("--batch-size", type=int, default=64, help="sentences per micro-batch")
     p.add_argument("--accumulate", type=int, default=1, help="micro-batches per optimizer step")
     p.add_argument("--steps", type=int, default=200, help="optimizer steps in all")
@@ -179,6 +183,33 @@ def counting_allreduce(state: dict, bucket):
     return dist.all_reduce(buffer, async_op=True).get_future().then(lambda fut: fut.value()[0])
 
 
+def build(args, task: data.Task, device: torch.device):
+    """The model (the same initial weights on every rank), AdamW as in the paper (β₂ = 0.98,
+    ε = 1e-9) with weight decay, and the gradient scaler (active for fp16 only)."""
+    torch.manual_seed(args.seed)
+    model = Transformer(len(task.src_vocab), len(task.tgt_vocab), **SIZES[args.size],
+                        dropout=args.dropout).to(device)  # fmt: skip
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), eps=1e-9,
+                                  weight_decay=0.01, fused=args.fused_adamw or None)  # fmt: skip
+    scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
+    return model, optimizer, scaler
+
+
+def autocast_for(args, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    """A context for the forward pass: autocast to bf16/fp16, or nothing."""
+    if args.precision not in AUTOCAST:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device.type, dtype=AUTOCAST[args.precision])
+
+
+def attention_kernels(args) -> contextlib.AbstractContextManager:
+    """``--attention math`` restricts scaled_dot_product_attention to its unfused reference
+    implementation; ``auto`` lets PyTorch pick a fused kernel (flash, memory-efficient)."""
+    if args.attention == "math":
+        return sdpa_kernel(SDPBackend.MATH)
+    return contextlib.nullcontext()
+
+
 def validate(model: nn.Module, examples, max_len: int) -> float:
     """Greedy-decoding exact match, in eval mode; the model is left in training mode."""
     model.eval()
@@ -209,13 +240,7 @@ def main(argv: list[str] | None = None) -> None:
     train_set, valid_set = task.encode("train"), task.encode("valid")[:200]
     max_len = max(len(t) for _, t in valid_set) + 2
 
-    torch.manual_seed(args.seed)  # the same initial weights on every rank
-    model = Transformer(len(task.src_vocab), len(task.tgt_vocab), **SIZES[args.size],
-                        dropout=args.dropout).to(device)  # fmt: skip
-    fused = device.type == "cuda"  # one kernel for all parameters' Adam update
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), eps=1e-9,
-                                  weight_decay=0.01, fused=fused)  # fmt: skip
-    scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
+    model, optimizer, scaler = build(args, task, device)
     step, checkpoint = 0, args.out / "checkpoint.pt"
     if args.resume and checkpoint.exists():
         saved = torch.load(checkpoint, map_location=device, weights_only=False)
@@ -226,15 +251,12 @@ def main(argv: list[str] | None = None) -> None:
     comm = {"calls": 0}
     trained = model
     if world > 1:
-        trained = DistributedDataParallel(model, device_ids=[device.index] if fused else None)
+        ids = [device.index] if device.type == "cuda" else None
+        trained = DistributedDataParallel(model, device_ids=ids)
         trained.register_comm_hook(comm, counting_allreduce)
     if args.compile:
         trained = torch.compile(trained)
-
-    def autocast():
-        if args.precision not in AUTOCAST:
-            return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=AUTOCAST[args.precision])
+    autocast = autocast_for(args, device)
 
     per_epoch = len(shard(-(-len(train_set) // args.batch_size), rank, world)) // args.accumulate
     if per_epoch == 0:
@@ -259,8 +281,9 @@ def main(argv: list[str] | None = None) -> None:
                 g["lr"] = args.lr * lr_factor(args.schedule, step, args.warmup, args.steps)
             torch.manual_seed(args.seed * 1_000_003 + step * 1_009 + rank)  # this step's dropout
             start = time.perf_counter()
-            loss = train_step(trained, optimizer, scaler, group, autocast=autocast, clip=args.clip,
-                              label_smoothing=args.label_smoothing)  # fmt: skip
+            with attention_kernels(args):
+                loss = train_step(trained, optimizer, scaler, group, autocast=autocast,
+                                  clip=args.clip, label_smoothing=args.label_smoothing)  # fmt: skip
             seconds += time.perf_counter() - start
             tokens += sum(count_tokens(b) for b in group) * world
             step += 1

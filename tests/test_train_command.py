@@ -120,3 +120,15 @@ def test_mixed_precision_learns_what_fp32_learns(tmp_path, precision):
         assert low["loss"] == pytest.approx(full["loss"], rel=0.03)
     scaler = torch.load(tmp_path / precision / "checkpoint.pt", weights_only=False)["scaler"]
     assert bool(scaler) == (precision == "fp16")  # a scaler's state only where it scales
+
+
+def test_ladder_benchmark_runs_every_rung_and_checks_the_loss(capsys, tmp_path):
+    from benchmarks import gpu_ladder
+
+    results = gpu_ladder.main(["--quick", "--json", str(tmp_path / "ladder.json")])
+    assert [r["rung"] for r in results][:4] == [name for name, _ in gpu_ladder.RUNGS[:4]]
+    assert all(r["loss_ok"] and r["tokens_per_second"] > 0 for r in results)
+    assert results[0]["speedup"] == 1.0
+    saved = json.loads((tmp_path / "ladder.json").read_text())
+    assert saved["meta"]["size"] == "tiny" and len(saved["rungs"]) == len(results)
+    assert "tokens/s" in capsys.readouterr().out
