@@ -144,21 +144,23 @@ class AdditiveAttention(nn.Module):
 class MultiplicativeAttention(nn.Module):
     """Multiplicative (Luong) attention (Luong et al. 2015, eq. 8).
 
-        e_i = qᵀ W k_i ("general"), or e_i = qᵀ k_i ("dot", when general=False),
+        e_i = scale · qᵀ W k_i ("general"), or e_i = scale · qᵀ k_i ("dot", when general=False),
         α = softmax(e) over the keys,   a = Σ_i α_i v_i
 
-    Same interface as :class:`AdditiveAttention`.
+    Same interface as :class:`AdditiveAttention`. ``scale`` is 1 in Luong et al.; 1/√Dq is
+    the scaled dot product of chapter 2.
 
     Shape:
         query (B, Dq), keys (B, S, Dk), values (B, S, Dv), mask (B, S) ->
         context (B, Dv), weights (B, S). With general=False, Dk must equal Dq.
     """
 
-    def __init__(self, query_size: int, key_size: int, general: bool = True):
+    def __init__(self, query_size: int, key_size: int, general: bool = True, scale: float = 1.0):
         super().__init__()
         if not general and query_size != key_size:
             raise ValueError(f"dot scores need Dq == Dk, got {query_size} and {key_size}")
         self.W = nn.Linear(key_size, query_size, bias=False) if general else nn.Identity()
+        self.scale = scale
         self.last_weights: torch.Tensor | None = None
 
     def forward(self, query, keys, values, mask=None):
@@ -166,7 +168,7 @@ class MultiplicativeAttention(nn.Module):
         validate.tensor("values", values, "(B, S, Dv)")
         projected = self.W(keys)  # (B, S, Dk) -> (B, S, Dq)
         validate.same_size("Dq", "W keys", projected.shape[-1], "query", query.shape[-1])
-        e = torch.einsum("bd,bsd->bs", query, projected)  # (B, S)
+        e = self.scale * torch.einsum("bd,bsd->bs", query, projected)  # (B, S)
         allowed = torch.ones_like(e, dtype=torch.bool) if mask is None else mask
         alpha = torch.nan_to_num(torch.softmax(e.masked_fill(~allowed, -torch.inf), -1))
         self.last_weights = alpha.detach()
