@@ -43,6 +43,7 @@ GRADER_VERSION = "1"
 RESULT_FILE = "trusted-result.json"
 KEY_FILE = ".trusted-grading-key"
 STATUS_ORDER = ("error", "invalid", "crashed", "timed out", "graded")
+JUDGE_HEADROOM = 4 << 30  # bytes of address space a judge has beyond --memory (torch, checks)
 
 
 @dataclass
@@ -118,13 +119,14 @@ def fingerprint(course, assignment: str, student: str, sources, common: str, opt
 
 
 class Judge:
-    """One judge process (one worker slot); its sandboxes run as user ``uid``."""
+    """One judge process (one worker slot), under its own memory limit."""
 
-    def __init__(self, slot: int, uid: int, course_root: Path, log_dir: Path):
-        self.slot, self.uid = slot, uid
+    def __init__(self, slot: int, course_root: Path, log_dir: Path, memory: int):
+        self.slot = slot
         self.log = open(log_dir / f"judge-{slot}.log", "ab")  # noqa: SIM115 - closed in stop()
+        judge = [sys.executable, "-m", "autograde.trusted.judge", str(course_root), str(memory)]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "autograde.trusted.judge", str(course_root)],
+            judge,
             cwd=package_root(),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -158,7 +160,7 @@ class Judge:
     def grade(self, job: dict, limit: float) -> dict:
         if not self.ready:
             self.wait_ready()
-        job = {**job, "slot": self.slot, "uid": self.uid}
+        job = {**job, "slot": self.slot}
         try:
             self.process.stdin.write(json.dumps(job).encode() + b"\n")
             self.process.stdin.flush()
@@ -184,47 +186,6 @@ class Judge:
         self.log.close()
 
 
-_UID_LOCKS: dict[int, int] = {}
-
-
-def allocate_uids(n: int) -> list[int]:
-    """``n`` user ids for sandboxes that no other grading run on this machine is using.
-
-    Process limits count per user: two runs (or two slots) sharing a uid would share the
-    limit, and one student's fork bomb could starve another's sandbox. Each uid is held by an
-    exclusive lock on a file, released when this process exits, however it exits.
-    """
-    import fcntl
-
-    if os.geteuid() != 0:
-        return [os.getuid()] * n
-    folder = Path(tempfile.gettempdir()) / "autograde-sandbox-uids"
-    folder.mkdir(mode=0o700, exist_ok=True)
-    uids = []
-    for offset in range(4096):
-        if len(uids) == n:
-            break
-        fd = os.open(folder / f"uid-{offset}", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            continue
-        uid = sandbox.UID_BASE + offset
-        _UID_LOCKS[uid] = fd
-        uids.append(uid)
-    if len(uids) < n:
-        raise RuntimeError("no free user ids for sandboxes")
-    return uids
-
-
-def release_uids(uids: list[int]) -> None:
-    for uid in uids:
-        fd = _UID_LOCKS.pop(uid, None)
-        if fd is not None:
-            os.close(fd)
-
-
 def _error_result(job: dict, reason: str) -> dict:
     return {
         "student": job["student"],
@@ -240,11 +201,10 @@ class JudgePool:
     """``workers`` judge processes, started at once in the background (importing torch and
     the checks takes a while; the batch prepares the assignment meanwhile)."""
 
-    def __init__(self, workers: int, course_root: Path, log_dir: Path):
-        self.course_root, self.log_dir = course_root, log_dir
-        self.uids = allocate_uids(workers)
+    def __init__(self, workers: int, course_root: Path, log_dir: Path, memory: int):
+        self.course_root, self.log_dir, self.memory = course_root, log_dir, memory
         # Started from this thread: a judge dies with the thread that started it (PDEATHSIG).
-        self.judges = [Judge(slot, uid, course_root, log_dir) for slot, uid in enumerate(self.uids)]
+        self.judges = [Judge(slot, course_root, log_dir, memory) for slot in range(workers)]
         self.starting = [
             threading.Thread(target=self._wait, args=(judge,), daemon=True) for judge in self.judges
         ]
@@ -262,7 +222,8 @@ class JudgePool:
         judge = self.judges[slot]
         if not judge.alive():
             judge.stop()
-            judge = self.judges[slot] = Judge(slot, judge.uid, self.course_root, self.log_dir)
+            judge = Judge(slot, self.course_root, self.log_dir, self.memory)
+            self.judges[slot] = judge
         return judge
 
     def run(self, jobs: list[dict], options: Options, on_result) -> None:
@@ -307,7 +268,6 @@ class JudgePool:
             judge.stop()
         for thread in self.starting:
             thread.join()
-        release_uids(self.uids)
 
 
 def worst(statuses) -> str:
@@ -343,7 +303,7 @@ def finalize(course, assignment, result, fp, max_points, releases) -> dict:
             "status": nb["status"],
             "reason": nb.get("reason", ""),
             "events": nb.get("events", []),
-            "sandbox_uid": nb.get("sandbox_uid"),
+            "sandbox_uids": nb.get("sandbox_uids", []),
             "seconds": nb.get("seconds"),
             "scores": scores,
             "max_points": points,
@@ -392,6 +352,8 @@ def grade(course_root: Path, assignment: str, options: Options) -> int:
         if problem:
             print(f"error: {problem}", file=sys.stderr)
             return 2
+        for line in sandbox.protections().describe():
+            _log(options, f"sandbox: {line}")
     else:
         _log(options, "warning: --no-sandbox: student code runs without isolation")
     started = time.monotonic()
@@ -477,7 +439,9 @@ def _grade(course, assignment, options, sources, tmp: Path) -> list[tuple]:
             }
         )
     # The judges import torch and the checks while the rest is prepared.
-    pool = JudgePool(min(options.workers, len(jobs)), course.root, tmp) if jobs else None
+    judge_memory = (options.memory_mb << 20) + JUDGE_HEADROOM
+    workers = min(options.workers, len(jobs))
+    pool = JudgePool(workers, course.root, tmp, judge_memory) if jobs else None
     try:
         releases = {name: json.loads(path.read_text()) for name, path in release_paths.items()}
         max_points = course_mod.grade_cells(sources)
