@@ -38,6 +38,7 @@ SAFE_MODULES = frozenset(
 )
 HIDDEN_NOTE = "# (hidden tests ran here; their code is in the source notebook)\n"
 OUTPUT_LIMIT = 20_000  # characters of a cell's output kept in the autograded notebook
+MAX_VERDICTS = 500  # probes' verdicts kept per test cell
 _SALT: list[int | None] = [None]
 
 
@@ -246,10 +247,13 @@ def run_test_cell(runner: Runner, index: int, step, carry: dict) -> dict:
     """Run one test cell here; its outputs (as nbgrader would record them) and details."""
     import torch
 
+    from course_lib.checks import core
+
     from .remote import RemoteObject, WorkerLost
 
     out, err = TaggedStream(), TaggedStream()
     result: dict = {"grade_id": step.grade_id, "origin": step.origin, "lost": None}
+    verdicts: list[dict] = []
     error = None
     display = None
     try:
@@ -284,6 +288,7 @@ def run_test_cell(runner: Runner, index: int, step, carry: dict) -> dict:
                 contextlib.redirect_stdout(out),
                 contextlib.redirect_stderr(err),
                 warnings.catch_warnings(),
+                core.recording() as verdicts,
             ):
                 try:
                     exec(compile(tree, f"<test cell {step.grade_id}>", "exec"), namespace)
@@ -327,12 +332,23 @@ def run_test_cell(runner: Runner, index: int, step, carry: dict) -> dict:
     if error is not None:
         ename, evalue = _describe(error)
         outputs.append(_error_output(ename, evalue))
-        result["error"] = {"ename": ename, "evalue": evalue}
-    result["checks"] = [line.strip() for line in out.text("judge").splitlines() if line.strip()][
-        :200
-    ]
+        result["error"] = {"ename": ename, "evalue": evalue, "by": _raised_by(error, core)}
+    result["checks"] = verdicts[:MAX_VERDICTS]
     result["outputs"] = outputs
     return result
+
+
+def _raised_by(error: BaseException, core) -> str:
+    """Whose failure it is: "check" (a CheckFailed of the judge's own checks: its message
+    is the check's), "grader" (the worker was lost) or "student" (anything else reached the
+    test cell: the student's code, whose message is the student's)."""
+    from .remote import RemoteError, WorkerLost
+
+    if isinstance(error, WorkerLost):
+        return "grader"
+    if isinstance(error, core.CheckFailed) and not isinstance(error, RemoteError):
+        return "check"
+    return "student"
 
 
 def _describe(error: BaseException) -> tuple[str, str]:
@@ -362,6 +378,8 @@ def grade_notebook(job: dict, spec: dict) -> dict:
     source_nb = notebooks.read(Path(spec["source"]))
     release_nb = notebooks.read(Path(spec["release"])) if spec.get("release") else None
     sources = notebooks.source_cells(source_nb, release_nb)
+    if spec.get("problem"):  # the batch could not read it (a link, too large, ...)
+        return {"status": "invalid", "reason": spec["problem"], "cells": [], "notebook": None}
     try:
         submitted = notebooks.read(Path(spec["submitted"]))
     except notebooks.InvalidNotebook as invalid:
