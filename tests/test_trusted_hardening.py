@@ -472,3 +472,28 @@ def test_kernel_isolation(tmp_path, cgroup):
         assert len(uids) == len(set(uids))  # a fresh identity for every sandbox
     leftover = subprocess.run(["ps", "-eo", "uid="], capture_output=True, text=True).stdout
     assert not set(uids) & {int(u) for u in leftover.split()}
+
+
+# ------------------------------------------------------------------- class 5: the checks
+
+ZEROING_SOFTMAXES = {
+    "zeroes its input, returns uniform weights": lambda s, dim=-1: torch.softmax(s.zero_(), dim),
+    "fills its input with a constant": lambda s, dim=-1: torch.softmax(s.fill_(1.0), dim),
+}
+
+
+@pytest.mark.parametrize("name", ZEROING_SOFTMAXES)
+def test_chapter_1_probes_use_private_copies(name):
+    """A softmax that damages its input cannot steer later probes or the oracles."""
+    from course_lib.checks import attention, core
+
+    with pytest.raises(core.CheckFailed, match="modified in place"):
+        attention.check_softmax(ZEROING_SOFTMAXES[name])
+    with pytest.raises(core.CheckFailed, match="modified in place"):
+        attention.check_dot_scores(lambda q, k: q.zero_() @ k.T)
+
+
+def test_chapter_1_check_module_holds_no_solution():
+    from course_lib.checks import attention
+
+    assert not [n for n in vars(attention) if n.startswith("_reference")]
