@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -352,7 +353,7 @@ def test_hostile_batch_classes_1_3_4(tmp_path):
         page = (course / "feedback" / student / CH1 / f"{CH1}.html").read_text()
         assert "softmax: hidden checks passed" not in page and "inputs:" not in page
         assert "student's text" not in page
-        assert "your code raised" in page
+        assert "code raised" in page
     # a rerun changes nothing (the timestamp and invalid records do not stop later runs)
     again = grade(course, CH1, "--workers", "2", *FAST)
     assert again.returncode == 0 and again.stdout.count("already graded") >= len(got)
@@ -470,7 +471,11 @@ def test_kernel_isolation(tmp_path, cgroup):
     uids = [u for r in got.values() for n in r["notebooks"].values() for u in n["sandbox_uids"]]
     if os.geteuid() == 0:
         assert len(uids) == len(set(uids))  # a fresh identity for every sandbox
-    leftover = subprocess.run(["ps", "-eo", "uid="], capture_output=True, text=True).stdout
+    for _ in range(50):  # nothing of theirs is left running (a killed process takes a moment)
+        leftover = subprocess.run(["ps", "-eo", "uid="], capture_output=True, text=True).stdout
+        if not set(uids) & {int(u) for u in leftover.split()}:
+            break
+        time.sleep(0.2)
     assert not set(uids) & {int(u) for u in leftover.split()}
 
 
