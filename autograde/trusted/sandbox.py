@@ -22,6 +22,7 @@ started.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
 import resource
@@ -130,8 +131,7 @@ def protections() -> Protections:
 # /root, a grading directory in a private temporary folder) to a staging folder, in a mount
 # namespace of the sandbox's own, then go on.
 _BIND_AND_EXEC = (
-    'while [ "$1" != -- ]; do mount --rbind "$1" "$2" || exit 125; shift 2; done; '
-    'shift; exec "$@"'
+    'while [ "$1" != -- ]; do mount --rbind "$1" "$2" || exit 125; shift 2; done; shift; exec "$@"'
 )
 
 
@@ -246,6 +246,7 @@ class WorkerProcess:
 
     def __init__(self, config: SandboxConfig):
         self.config = config
+        _adopt_orphans()
         self.uid = identity.fresh_uid() if config.sandbox else os.getuid()
         self.killed_for: str | None = None
         self.stderr_tail: deque[bytes] = deque(maxlen=64)
@@ -358,9 +359,7 @@ class WorkerProcess:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:  # pragma: no cover - the kernel always obliges
             pass
-        deadline = time.monotonic() + 10
-        while _descendants_alive(pids) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        _reap(pids)
         for fd in (self.cmd_w, self.reply_r):
             try:
                 os.close(fd)
@@ -419,16 +418,28 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def _descendants_alive(pids: list[int]) -> bool:
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[-1].split()[0]
-        except OSError:
-            continue
-        if state != b"Z":
-            return True
-    return False
+def _adopt_orphans() -> None:
+    """Make this process a child subreaper: a sandbox process whose parent dies first is handed
+    to us, not to the machine's init, so ``_reap`` can wait for it to be gone for good."""
+    ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+
+
+def _reap(pids: list[int], seconds: float = 30) -> None:
+    """Wait until each of the killed ``pids`` is gone from the process table, reaping the ones
+    handed to us. Without this, a killed sandbox's pid-namespace init lingers as a zombie
+    under its sandbox uid until the machine's init gets round to it. ``seconds`` only bounds
+    a kernel that never lets a killed process go."""
+    left, end = set(pids), time.monotonic() + seconds
+    while left and time.monotonic() < end:
+        for pid in list(left):
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    left.discard(pid)
+            except ChildProcessError:  # not ours: gone, or a zombie whose parent is dying
+                if not os.path.exists(f"/proc/{pid}"):
+                    left.discard(pid)
+        if left:
+            time.sleep(0.01)
 
 
 def _memory(pid: int) -> int:
