@@ -344,9 +344,11 @@ class WorkerProcess:
         if reason and self.killed_for is None:
             self.killed_for = reason
         self._dead.set()
+        # Listed before anything is killed: a killed process's children go to the subreaper
+        # (us) at once, and are no longer anyone's descendants, but must still be reaped.
+        pids = _descendants(self.process.pid)
         if self.group is not None:
             self.group.kill()
-        pids = _descendants(self.process.pid)
         for action in (
             lambda: os.killpg(self.process.pid, signal.SIGKILL),
             *(lambda p=p: os.kill(p, signal.SIGKILL) for p in pids),
