@@ -10,6 +10,8 @@ wire's bounds and the structured verdicts.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -518,7 +520,39 @@ def test_chapter_1_probes_use_private_copies(name):
         attention.check_dot_scores(lambda q, k: q.zero_() @ k.T)
 
 
-def test_chapter_1_check_module_holds_no_solution():
-    from course_lib.checks import attention
+def test_check_modules_hold_no_solution():
+    """Nothing a check module of chapters 1-3 defines (oracles, helpers, stand-ins) passes the
+    check of any function or attention exercise when a submission uses it as its answer."""
+    import inspect
 
-    assert not [n for n in vars(attention) if n.startswith("_reference")]
+    from torch import nn
+
+    from course_lib.checks import attention, core, scaled_attention, seq2seq
+
+    function_checks = [
+        attention.check_dot_scores,
+        attention.check_softmax,
+        attention.check_soft_lookup,
+        scaled_attention.check_scaled_dot_product_attention,
+    ]
+    modules = (core, attention, scaled_attention, seq2seq)
+    defined = [
+        obj
+        for module in modules
+        for name, obj in vars(module).items()
+        if getattr(obj, "__module__", None) == module.__name__ and not name.startswith("check_")
+    ]
+    assert len(defined) > 20
+    passed = []
+    for obj in defined:
+        candidates = [(check, obj) for check in function_checks if inspect.isfunction(obj)]
+        if inspect.isclass(obj) and issubclass(obj, nn.Module):
+            candidates.append((seq2seq.check_additive_attention, obj))
+        for check, candidate in candidates:
+            try:
+                with contextlib.redirect_stdout(io.StringIO()):
+                    check(candidate)
+            except Exception:  # noqa: BLE001, S112 - failing in any way is what is asserted
+                continue
+            passed.append(f"{obj.__qualname__} passes {check.__name__}")
+    assert not passed
