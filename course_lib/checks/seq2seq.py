@@ -280,8 +280,10 @@ class AttentionStandIn(nn.Module):
 
     def __init__(self, state, memory, mask, context, weights):
         super().__init__()
-        self.__expected = {"state": state, "memory": memory, "mask": mask}
-        self.__answer = (context, weights)
+        # its own copies, and copies handed out: nothing the student's code does to what it
+        # gets can reach the check's tensors
+        self.__expected = {"state": state.clone(), "memory": memory.clone(), "mask": mask.clone()}
+        self.__answer = (context.clone(), weights.clone())
 
     def forward(self, query, keys, values, mask=None):
         state, memory = self.__expected["state"], self.__expected["memory"]
@@ -322,7 +324,7 @@ class AttentionStandIn(nn.Module):
             "the attention got a different mask than the step's `mask`",
         )
         context, weights = self.__answer
-        return context.to(values.dtype), weights.to(values.dtype)
+        return context.to(values.dtype, copy=True), weights.to(values.dtype, copy=True)
 
 
 def _gru_cell(x, h, w_ih, w_hh, b_ih, b_hh) -> torch.Tensor:
@@ -347,7 +349,7 @@ def check_decoder_step(cls, B=2, S=5, V=7, E=3, Dk=6, D=4, A=5, dtype=torch.floa
             f"the decoder has no layer {name!r}: keep the layers that __init__ creates "
             "(the checks set their weights)",
         )
-    shapes = {
+    layer_shapes = {
         "embedding.weight": (V, E),
         "rnn.weight_ih": (3 * D, E + Dk),
         "rnn.weight_hh": (3 * D, D),
@@ -358,7 +360,7 @@ def check_decoder_step(cls, B=2, S=5, V=7, E=3, Dk=6, D=4, A=5, dtype=torch.floa
         "out.weight": (V, D),
         "out.bias": (V,),
     }
-    state_dict = parameter_values(gen, shapes, dtype)
+    state_dict = parameter_values(gen, layer_shapes, dtype)
     p = {name: t.double() for name, t in state_dict.items()}
     emb = p["embedding.weight"]
     rnn = [p[f"rnn.{n}"] for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
@@ -696,7 +698,7 @@ class ScriptedDecoder:
             logits[b, plan[t]] = 5.0
         logits[:, 3] = 1.0  # a runner-up, so the argmax is what matters, not the max value
         self.__steps += 1
-        return logits, state + 1, self.__weights[t]
+        return logits, state + 1, self.__weights[t].clone()  # a copy: the check keeps its own
 
 
 def check_greedy_decode(
