@@ -112,9 +112,7 @@ def _unit(limit: int) -> str:
     return "MiB" if limit >> 20 else "bytes"
 
 
-def read(
-    step_dir: Path, student: str, assignment: str, names: list[str], parse_time
-) -> Submission:
+def read(step_dir: Path, student: str, assignment: str, names: list[str], parse_time) -> Submission:
     """The submission of ``student`` in ``step_dir`` (the course's ``submitted`` folder).
 
     ``names`` are the notebooks to read (``NAME.ipynb``); ``parse_time`` parses the text of
