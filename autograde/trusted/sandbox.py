@@ -361,7 +361,7 @@ class WorkerProcess:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:  # pragma: no cover - the kernel always obliges
             pass
-        _reap(pids)
+        _reap(pids, self.uid if os.geteuid() == 0 and self.config.sandbox else None)
         for fd in (self.cmd_w, self.reply_r):
             try:
                 os.close(fd)
@@ -426,22 +426,45 @@ def _adopt_orphans() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
 
 
-def _reap(pids: list[int], seconds: float = 30) -> None:
+def _reap(pids: list[int], uid: int | None = None, seconds: float = 30) -> None:
     """Wait until each of the killed ``pids`` is gone from the process table, reaping the ones
     handed to us. Without this, a killed sandbox's pid-namespace init lingers as a zombie
-    under its sandbox uid until the machine's init gets round to it. ``seconds`` only bounds
-    a kernel that never lets a killed process go."""
-    left, end = set(pids), time.monotonic() + seconds
-    while left and time.monotonic() < end:
-        for pid in list(left):
+    under its sandbox uid until the machine's init gets round to it. ``uid``: the sandbox's
+    own (as root, never shared), whose every process is waited for too, so that one the list
+    missed (its parent had died, handing it to us, before the list was made) is not left
+    behind. ``seconds`` only bounds a kernel that never lets a killed process go."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        of_uid = _processes_of(uid) if uid is not None else set()
+        left = [pid for pid in set(pids) | of_uid if not _gone(pid)]
+        if not left:
+            return
+        for pid in of_uid.intersection(left):  # anything of the sandbox's that still runs
             try:
-                if os.waitpid(pid, os.WNOHANG)[0]:
-                    left.discard(pid)
-            except ChildProcessError:  # not ours: gone, or a zombie whose parent is dying
-                if not os.path.exists(f"/proc/{pid}"):
-                    left.discard(pid)
-        if left:
-            time.sleep(0.01)
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        time.sleep(0.01)
+
+
+def _gone(pid: int) -> bool:
+    """Whether ``pid`` has left the process table; reaps it if it is a dead child of ours."""
+    try:
+        return os.waitpid(pid, os.WNOHANG)[0] == pid
+    except ChildProcessError:  # not ours: gone, or a zombie whose parent is dying
+        return not os.path.exists(f"/proc/{pid}")
+
+
+def _processes_of(uid: int) -> set[int]:
+    """Every process (zombies included) that runs as ``uid``."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and os.stat(f"/proc/{entry}").st_uid == uid:
+                found.add(int(entry))
+        except OSError:
+            pass
+    return found
 
 
 def _memory(pid: int) -> int:
