@@ -87,19 +87,16 @@ def kernel_startup() -> float:
 
 def worker_startup(grading_dir: Path, sandboxed: bool = True) -> float:
     """A worker ready to run cells (Python, torch, IPython; and bwrap if ``sandboxed``)."""
-    from autograde.trusted.batch import allocate_uids, release_uids
     from autograde.trusted.remote import Session
     from autograde.trusted.sandbox import SandboxConfig, WorkerProcess
 
-    uids = allocate_uids(1)
     start = time.perf_counter()
-    process = WorkerProcess(SandboxConfig(grading_dir, sandbox=sandboxed), uids[0])
+    process = WorkerProcess(SandboxConfig(grading_dir, sandbox=sandboxed))
     session = Session(process, frozenset(), 1)
     session.deadline = time.monotonic() + 300
     session.wait_ready()
     seconds = time.perf_counter() - start
     session.close()
-    release_uids(uids)
     return seconds
 
 

@@ -245,6 +245,32 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None):
         "scaled_dot_product_attention_tests",
         sdpa(("return weights @ value, weights", "return weights")),
     ),
+    # hostile: a missing scaling hidden by zeroing, once the check has read the result, the
+    # query and key it was handed (a later probe that reused them would see only zeros,
+    # for which the scaling makes no difference)
+    "no scaling, inputs zeroed after each call": (
+        "scaled_dot_product_attention_tests",
+        sdpa(
+            (" / math.sqrt(D)", ""),
+            (
+                "return weights @ value, weights",
+                "out = weights @ value\n"
+                "    weakref.finalize(out, lambda: [t.detach().zero_() for t in (query, key)])\n"
+                "    return out, weights",
+            ),
+        ).replace("import math", "import math, weakref"),
+    ),
+    # hostile: the check module's own oracle, called for the answer
+    "the check module's oracle": (
+        "scaled_dot_product_attention_tests",
+        """
+from course_lib.checks import scaled_attention as _checks
+
+def scaled_dot_product_attention(query, key, value, attn_mask=None):
+    weights = _checks._weights(query, key, attn_mask).to(query.dtype)
+    return _checks._oracle_output(query, key, value, attn_mask).to(query.dtype), weights
+""",
+    ),
 }
 
 

@@ -463,6 +463,67 @@ def greedy_decode(model, src, src_lens, max_len, bos_id=BOS_ID, eos_id=EOS_ID, p
         "greedy_decode_tests",
         _DECODE.format(body=_loop(feed="prev if tokens else torch.full_like(prev, BOS_ID)")),
     ),
+    # ------------------------------------------------------------------ hostile submissions
+    # A module whose state_dict() reports zero-width layers and whose load_state_dict ignores
+    # what it is given: an oracle built from that report collapses to uniform weights, which
+    # it returns (the worked example memorised; a vanishing term keeps gradients non-zero).
+    "hostile: attention whose state_dict lies": (
+        "additive_attention_tests",
+        """
+class AdditiveAttention(nn.Module):
+    def __init__(self, query_size, key_size, attention_size):
+        super().__init__()
+        self.sizes = query_size, key_size
+
+    def state_dict(self, *args, **kwargs):
+        Dq, Dk = self.sizes
+        zero_width = {"W_query.weight": (0, Dq), "W_key.weight": (0, Dk), "v.weight": (1, 0)}
+        return {name: torch.zeros(shape) for name, shape in zero_width.items()}
+
+    def load_state_dict(self, state, strict=True):
+        return None
+
+    def forward(self, query, keys, values, mask=None):
+        if keys.shape == (1, 3, 2):
+            scores = torch.tanh(query[:, None, :] + keys).sum(-1)
+        else:
+            scores = 1e-30 * query.sum(-1)[:, None] * keys.sum(-1)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        weights = torch.softmax(scores, -1).nan_to_num(0.0)
+        return torch.einsum("bs,bsd->bd", weights, values), weights
+""",
+    ),
+    "hostile: attention built on the check module's oracle": (
+        "additive_attention_tests",
+        """
+from course_lib.checks import seq2seq as _checks
+
+
+_oracle = getattr(_checks, "OracleAttention", None)
+
+
+class AdditiveAttention(AdditiveAttention):
+    def forward(self, query, keys, values, mask=None):
+        oracle = _oracle(query.shape[-1], keys.shape[-1], self.v.in_features).to(query.dtype)
+        oracle.load_state_dict(self.state_dict())
+        return oracle(query, keys, values, mask)
+""",
+    ),
+    # A greedy_decode that reads the stand-in model's script instead of calling step.
+    "hostile: decode reads the stand-in's script": (
+        "greedy_decode_tests",
+        """
+def greedy_decode(model, src, src_lens, max_len, bos_id=BOS_ID, eos_id=EOS_ID, pad_id=PAD_ID):
+    plans, ends, weights = model.plans, model.eos_steps, model.weights
+    T = max_len if None in ends else min(max_len, max(ends) + 1)
+    tokens = torch.full((len(plans), T), pad_id, dtype=torch.long)
+    for b, (plan, end) in enumerate(zip(plans, ends)):
+        n = T if end is None else min(T, end + 1)
+        tokens[b, :n] = torch.tensor(plan[:n])
+    return tokens, weights[:T].transpose(0, 1)
+""",
+    ),
 }
 
 

@@ -37,12 +37,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from . import course as course_mod
-from . import sandbox, stubs
+from . import sandbox, stubs, submission
 
-GRADER_VERSION = "1"
+GRADER_VERSION = "2"
 RESULT_FILE = "trusted-result.json"
 KEY_FILE = ".trusted-grading-key"
 STATUS_ORDER = ("error", "invalid", "crashed", "timed out", "graded")
+JUDGE_HEADROOM = 4 << 30  # bytes of address space a judge has beyond --memory (torch, checks)
 
 
 @dataclass
@@ -84,8 +85,12 @@ def secret_key(course: course_mod.Course) -> bytes:
     return bytes.fromhex(path.read_text().strip())
 
 
-def student_salt(key: bytes, assignment: str, student: str) -> int:
-    digest = hmac.new(key, f"{assignment}/{student}".encode(), hashlib.sha256).digest()
+def student_salt(key: bytes, assignment: str, student: str, submitted: str) -> int:
+    """The secret mixed into every seed of this submission's checks: fresh inputs for each
+    new submission (``submitted`` is its content's digest), the same for an unchanged one,
+    so feedback on one attempt says nothing about the inputs of the next."""
+    message = f"{assignment}/{student}/{submitted}".encode()
+    digest = hmac.new(key, message, hashlib.sha256).digest()
     return int.from_bytes(digest[:8], "big") >> 1
 
 
@@ -105,26 +110,21 @@ def checks_digest(course: course_mod.Course) -> str:
     return h.hexdigest()
 
 
-def fingerprint(course, assignment: str, student: str, sources, common: str, options) -> str:
-    h = hashlib.sha256(f"{common}\0{assignment}\0{student}\0{options.sandbox}".encode())
-    folder = course.submitted(student, assignment)
-    for source in sources:
-        h.update(source.read_bytes())
-        submitted = folder / source.name
-        h.update(submitted.read_bytes() if submitted.is_file() else b"<missing>")
-    stamp = folder / "timestamp.txt"
-    h.update(stamp.read_bytes() if stamp.is_file() else b"<no timestamp>")
-    return h.hexdigest()
+def fingerprint(assignment: str, found: submission.Submission, sources_digest: str, options):
+    """What a student's result depends on: the submission, the assignment, checks, grader."""
+    text = f"{sources_digest}\0{assignment}\0{found.student}\0{options.sandbox}"
+    return hashlib.sha256(f"{text}\0{found.digest()}".encode()).hexdigest()
 
 
 class Judge:
-    """One judge process (one worker slot); its sandboxes run as user ``uid``."""
+    """One judge process (one worker slot), under its own memory limit."""
 
-    def __init__(self, slot: int, uid: int, course_root: Path, log_dir: Path):
-        self.slot, self.uid = slot, uid
+    def __init__(self, slot: int, course_root: Path, log_dir: Path, memory: int):
+        self.slot = slot
         self.log = open(log_dir / f"judge-{slot}.log", "ab")  # noqa: SIM115 - closed in stop()
+        judge = [sys.executable, "-m", "autograde.trusted.judge", str(course_root), str(memory)]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "autograde.trusted.judge", str(course_root)],
+            judge,
             cwd=package_root(),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -158,7 +158,7 @@ class Judge:
     def grade(self, job: dict, limit: float) -> dict:
         if not self.ready:
             self.wait_ready()
-        job = {**job, "slot": self.slot, "uid": self.uid}
+        job = {**job, "slot": self.slot}
         try:
             self.process.stdin.write(json.dumps(job).encode() + b"\n")
             self.process.stdin.flush()
@@ -184,47 +184,6 @@ class Judge:
         self.log.close()
 
 
-_UID_LOCKS: dict[int, int] = {}
-
-
-def allocate_uids(n: int) -> list[int]:
-    """``n`` user ids for sandboxes that no other grading run on this machine is using.
-
-    Process limits count per user: two runs (or two slots) sharing a uid would share the
-    limit, and one student's fork bomb could starve another's sandbox. Each uid is held by an
-    exclusive lock on a file, released when this process exits, however it exits.
-    """
-    import fcntl
-
-    if os.geteuid() != 0:
-        return [os.getuid()] * n
-    folder = Path(tempfile.gettempdir()) / "autograde-sandbox-uids"
-    folder.mkdir(mode=0o700, exist_ok=True)
-    uids = []
-    for offset in range(4096):
-        if len(uids) == n:
-            break
-        fd = os.open(folder / f"uid-{offset}", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            continue
-        uid = sandbox.UID_BASE + offset
-        _UID_LOCKS[uid] = fd
-        uids.append(uid)
-    if len(uids) < n:
-        raise RuntimeError("no free user ids for sandboxes")
-    return uids
-
-
-def release_uids(uids: list[int]) -> None:
-    for uid in uids:
-        fd = _UID_LOCKS.pop(uid, None)
-        if fd is not None:
-            os.close(fd)
-
-
 def _error_result(job: dict, reason: str) -> dict:
     return {
         "student": job["student"],
@@ -240,11 +199,10 @@ class JudgePool:
     """``workers`` judge processes, started at once in the background (importing torch and
     the checks takes a while; the batch prepares the assignment meanwhile)."""
 
-    def __init__(self, workers: int, course_root: Path, log_dir: Path):
-        self.course_root, self.log_dir = course_root, log_dir
-        self.uids = allocate_uids(workers)
+    def __init__(self, workers: int, course_root: Path, log_dir: Path, memory: int):
+        self.course_root, self.log_dir, self.memory = course_root, log_dir, memory
         # Started from this thread: a judge dies with the thread that started it (PDEATHSIG).
-        self.judges = [Judge(slot, uid, course_root, log_dir) for slot, uid in enumerate(self.uids)]
+        self.judges = [Judge(slot, course_root, log_dir, memory) for slot in range(workers)]
         self.starting = [
             threading.Thread(target=self._wait, args=(judge,), daemon=True) for judge in self.judges
         ]
@@ -262,7 +220,8 @@ class JudgePool:
         judge = self.judges[slot]
         if not judge.alive():
             judge.stop()
-            judge = self.judges[slot] = Judge(slot, judge.uid, self.course_root, self.log_dir)
+            judge = Judge(slot, self.course_root, self.log_dir, self.memory)
+            self.judges[slot] = judge
         return judge
 
     def run(self, jobs: list[dict], options: Options, on_result) -> None:
@@ -307,7 +266,6 @@ class JudgePool:
             judge.stop()
         for thread in self.starting:
             thread.join()
-        release_uids(self.uids)
 
 
 def worst(statuses) -> str:
@@ -318,7 +276,7 @@ def worst(statuses) -> str:
     return "graded"
 
 
-def finalize(course, assignment, result, fp, max_points, releases) -> dict:
+def finalize(course, assignment, result, found, fp, max_points, releases) -> dict:
     """Write one student's files and grades; the record that was written."""
     student = result["student"]
     folder = course.autograded(student, assignment)
@@ -326,6 +284,7 @@ def finalize(course, assignment, result, fp, max_points, releases) -> dict:
         "student": student,
         "assignment": assignment,
         "fingerprint": fp,
+        "timestamp": found.timestamp,
         "grader": GRADER_VERSION,
         "graded_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "notebooks": {},
@@ -343,7 +302,7 @@ def finalize(course, assignment, result, fp, max_points, releases) -> dict:
             "status": nb["status"],
             "reason": nb.get("reason", ""),
             "events": nb.get("events", []),
-            "sandbox_uid": nb.get("sandbox_uid"),
+            "sandbox_uids": nb.get("sandbox_uids", []),
             "seconds": nb.get("seconds"),
             "scores": scores,
             "max_points": points,
@@ -355,12 +314,32 @@ def finalize(course, assignment, result, fp, max_points, releases) -> dict:
     record["status"] = worst(nb["status"] for nb in record["notebooks"].values())
     if record["status"] == "error":
         return record
-    stamp = course.submitted(student, assignment) / "timestamp.txt"
-    if stamp.is_file():
-        course_mod.atomic_write(folder / "timestamp.txt", stamp.read_text())
+    if found.timestamp:
+        course_mod.atomic_write(folder / "timestamp.txt", found.timestamp)
     course_mod.atomic_write(folder / RESULT_FILE, json.dumps(record, indent=1))
     course_mod.write_grades(course, assignment, student, record)
     return record
+
+
+def invalid_result(found: submission.Submission, assignment: str, sources) -> dict:
+    """What the judge would answer for a submission none of which can be graded."""
+    return {
+        "student": found.student,
+        "assignment": assignment,
+        "notebooks": {
+            s.stem: {"status": "invalid", "reason": found.invalid, "cells": [], "notebook": None}
+            for s in sources
+        },
+    }
+
+
+def isolated(student: str, step) -> tuple:
+    """``step()``'s summary row, or an ``error`` row for this student alone if it fails (a
+    gradebook or disk error, say): the batch goes on with the others."""
+    try:
+        return step()
+    except Exception as error:  # noqa: BLE001 - reported; rerunning the command retries it
+        return (student, "error", 0, 0, f"could not record the result: {error}")
 
 
 def summary_row(record: dict, note: str = "") -> tuple:
@@ -392,6 +371,8 @@ def grade(course_root: Path, assignment: str, options: Options) -> int:
         if problem:
             print(f"error: {problem}", file=sys.stderr)
             return 2
+        for line in sandbox.protections().describe():
+            _log(options, f"sandbox: {line}")
     else:
         _log(options, "warning: --no-sandbox: student code runs without isolation")
     started = time.monotonic()
@@ -431,6 +412,12 @@ class Background:
         return self.release
 
 
+def _parse_utc(text: str):
+    from nbgrader.utils import parse_utc  # seconds to import: only when a timestamp is there
+
+    return parse_utc(text)
+
+
 def _grade(course, assignment, options, sources, tmp: Path) -> list[tuple]:
     background = Background(course, assignment, tmp / "nbgrader")
     release_paths = {s.stem: course.release_notebook(assignment, s.stem) for s in sources}
@@ -440,31 +427,52 @@ def _grade(course, assignment, options, sources, tmp: Path) -> list[tuple]:
     grading_dir = tmp / "grading"
     key = secret_key(course)
     common = checks_digest(course)
+    names = [s.stem for s in sources]
     rows: list[tuple] = []
     skipped: list[tuple[str, dict]] = []
     jobs = []
-    prints: dict[str, str] = {}
-    for student in options.students or course.students(assignment):
-        fp = fingerprint(course, assignment, student, sources, common, options)
-        prints[student] = fp
+    found_by: dict[str, tuple[submission.Submission, str]] = {}
+    invalid: list[submission.Submission] = []
+    copies = tmp / "submissions"  # what the judges read: never the student's folder itself
+    sources_digest = hashlib.sha256(
+        common.encode() + b"".join(hashlib.sha256(s.read_bytes()).digest() for s in sources)
+    ).hexdigest()
+    step_dir = course.root / course.directory("submitted")
+    for index, student in enumerate(options.students or course.students(assignment)):
+        try:  # whatever goes wrong reading one submission is that student's alone
+            found = submission.read(step_dir, student, assignment, names, _parse_utc)
+        except Exception as error:  # noqa: BLE001 - reported in the summary
+            rows.append((submission.printable(student), "error", 0, 0, f"{error}"))
+            continue
+        if submission.student_id_problem(student):  # nowhere safe to write anything for it
+            rows.append((submission.printable(student), "invalid", 0, 0, found.invalid))
+            continue
+        fp = fingerprint(assignment, found, sources_digest, options)
+        found_by[student] = (found, fp)
         existing = course_mod.read_json(course.autograded(student, assignment) / RESULT_FILE)
         if not options.force and existing and existing.get("fingerprint") == fp:
             skipped.append((student, existing))
             continue
+        if found.invalid:
+            invalid.append(found)
+            continue
+        specs = []
+        for s in sources:
+            spec = {"name": s.stem, "source": str(s), "release": str(release_paths[s.stem])}
+            if s.stem in found.notebooks:
+                path = copies / str(index) / s.name
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(found.notebooks[s.stem])
+                spec["submitted"] = str(path)
+            else:
+                spec["problem"] = found.problems[s.stem]
+            specs.append(spec)
         jobs.append(
             {
                 "student": student,
                 "assignment": assignment,
-                "notebooks": [
-                    {
-                        "name": s.stem,
-                        "source": str(s),
-                        "release": str(release_paths[s.stem]),
-                        "submitted": str(course.submitted(student, assignment) / s.name),
-                    }
-                    for s in sources
-                ],
-                "salt": student_salt(key, assignment, student),
+                "notebooks": specs,
+                "salt": student_salt(key, assignment, student, found.digest()),
                 "grading_dir": str(grading_dir),
                 "sandbox": options.sandbox,
                 "timeout": options.timeout,
@@ -477,7 +485,9 @@ def _grade(course, assignment, options, sources, tmp: Path) -> list[tuple]:
             }
         )
     # The judges import torch and the checks while the rest is prepared.
-    pool = JudgePool(min(options.workers, len(jobs)), course.root, tmp) if jobs else None
+    judge_memory = (options.memory_mb << 20) + JUDGE_HEADROOM
+    workers = min(options.workers, len(jobs))
+    pool = JudgePool(workers, course.root, tmp, judge_memory) if jobs else None
     try:
         releases = {name: json.loads(path.read_text()) for name, path in release_paths.items()}
         max_points = course_mod.grade_cells(sources)
@@ -491,10 +501,32 @@ def _grade(course, assignment, options, sources, tmp: Path) -> list[tuple]:
                 job["stubbed"], job["threads"] = sorted(stubbed), threads
         background.wait()
         for student, existing in skipped:
-            course_mod.write_grades(course, assignment, student, existing)
-            rows.append(summary_row(existing, "already graded (unchanged); skipped"))
+            rows.append(
+                isolated(
+                    student,
+                    lambda existing=existing, student=student: (
+                        course_mod.write_grades(course, assignment, student, existing),
+                        summary_row(existing, "already graded (unchanged); skipped"),
+                    )[1],
+                )
+            )
         if skipped:
             _log(options, f"{len(skipped)} submission(s) already graded and unchanged: skipped")
+
+        def on_result(result: dict) -> None:
+            student = result["student"]
+            found, fp = found_by[student]
+            rows.append(
+                isolated(
+                    student,
+                    lambda: summary_row(
+                        finalize(course, assignment, result, found, fp, max_points, releases)
+                    ),
+                )
+            )
+
+        for found in invalid:
+            on_result(invalid_result(found, assignment, sources))
         if not jobs:
             return rows
         _log(
@@ -502,18 +534,13 @@ def _grade(course, assignment, options, sources, tmp: Path) -> list[tuple]:
             f"grading {len(jobs)} submission(s) of {assignment} on {len(pool.judges)} worker(s)",
         )
 
-        def on_result(result: dict) -> None:
-            student = result["student"]
-            record = finalize(course, assignment, result, prints[student], max_points, releases)
-            row = summary_row(record)
-            rows.append(row)
-            _log(
-                options,
-                f"[{len(rows) - len(skipped)}/{len(jobs)}] {student}: {row[1]}, "
-                f"{row[2]:g}/{row[3]:g}",
-            )
+        def on_graded(result: dict) -> None:
+            on_result(result)
+            row = rows[-1]
+            done = len(rows) - len(skipped) - len(invalid)
+            _log(options, f"[{done}/{len(jobs)}] {row[0]}: {row[1]}, {row[2]:g}/{row[3]:g}")
 
-        pool.run(jobs, options, on_result)
+        pool.run(jobs, options, on_graded)
         return rows
     finally:
         if pool is not None:

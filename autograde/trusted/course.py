@@ -84,10 +84,9 @@ class Course:
         return path if path.is_file() else None
 
     def students(self, assignment: str) -> list[str]:
-        root = self.root / self.directory("submitted")
-        if not root.is_dir():
-            return []
-        return sorted(p.parent.name for p in root.glob(f"*/{assignment}") if p.is_dir())
+        from .submission import students
+
+        return students(self.root / self.directory("submitted"), assignment)
 
     def submitted(self, student: str, assignment: str) -> Path:
         return self.folder("submitted", student, assignment)
@@ -97,14 +96,6 @@ class Course:
 
     def feedback(self, student: str, assignment: str) -> Path:
         return self.folder("feedback", student, assignment)
-
-    def timestamp(self, student: str, assignment: str):
-        path = self.submitted(student, assignment) / "timestamp.txt"
-        if not path.is_file() or not path.read_text().strip():
-            return None
-        from nbgrader.utils import parse_utc
-
-        return parse_utc(path.read_text().strip())
 
     def generate_assignment(self, assignment: str, into: Path) -> Path:
         """Run nbgrader's generate_assignment on the source into a scratch course: it records
@@ -180,7 +171,11 @@ def write_grades(course: Course, assignment: str, student: str, record: dict) ->
     """Put one student's result into the gradebook (idempotent)."""
     from nbgrader.api import Gradebook
 
-    timestamp = course.timestamp(student, assignment)
+    timestamp = record.get("timestamp")  # validated when the submission was read
+    if timestamp:
+        from nbgrader.utils import parse_utc
+
+        timestamp = parse_utc(timestamp)
     with warnings.catch_warnings(), Gradebook(course.db_url, course.course_id) as gb:
         warnings.simplefilter("ignore")  # SQLAlchemy's SAWarnings from nbgrader's own API
         gb.update_or_create_student(student)
@@ -238,7 +233,7 @@ def atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as f:  # lone surrogates
             f.write(text)
             f.flush()
             os.fsync(f.fileno())

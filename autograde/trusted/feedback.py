@@ -3,21 +3,24 @@
 The page is built from the result file the ``grade`` command wrote, never from the notebook:
 for each graded exercise, its name, the points earned out of the points possible, the checks
 that passed and, for a failure, the check's message ("weights do not sum to 1 over the key
-axis: ..."). No test cell's code appears, so hidden tests stay hidden, and no traceback is
-shown, so no line from inside a hidden check leaks either. Everything that came from the
-student's code is HTML-escaped.
+axis: ..."). Passes and failures come from the checks' structured verdicts
+(``course_lib.checks.core.recording``), never from printed text, so nothing a student's object
+prints can pass for a check. No test cell's code appears, so hidden tests stay hidden; no
+traceback, so no line from inside a hidden check leaks either; and of an exception the
+student's code raised only its type is shown, never its message, which could carry the
+checks' secret inputs. The only text of the student's shown (an exception's type name) is
+marked as theirs; everything is HTML-escaped, with encoding errors replaced.
 """
 
 from __future__ import annotations
 
 import html
-import re
 from pathlib import Path
 
 from . import course as course_mod
+from . import submission
 from .batch import RESULT_FILE
 
-CHECK_LINE = re.compile(r"^(✓.*|.*\bchecks? passed\b.*)$")
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 52rem; margin: 2rem auto; padding: 0 1rem;
        line-height: 1.45; color: #222; }
@@ -30,12 +33,14 @@ td.points { text-align: right; white-space: nowrap; }
 .message { background: #fff4f2; border-left: 3px solid #b42318; padding: .5rem .8rem;
            white-space: pre-wrap; }
 .note { background: #f6f8fa; padding: .5rem .8rem; }
+code.student { background: #f6f8fa; }
 ul.checks { padding-left: 1.2rem; margin: .4rem 0; }
 """
 
 
 def _e(text) -> str:
-    return html.escape(str(text), quote=True)
+    text = str(text).encode("utf-8", errors="replace").decode("utf-8")  # lone surrogates
+    return html.escape(text, quote=True)
 
 
 def _points(value: float) -> str:
@@ -50,10 +55,15 @@ def exercise_html(cell: dict, score: float, points: float) -> str:
         f"<h3>{_e(cell['grade_id'])} <span class='{state}'>"
         f"{_points(score)} / {_points(points)} points</span></h3>",
     ]
-    checks = [line for line in cell.get("checks", []) if CHECK_LINE.match(line)]
-    if checks:
+    verdicts = [v for v in cell.get("checks", []) if isinstance(v, dict)]
+    shown = [
+        f"✓ {v['title']}: {v['probe']}"
+        for v in verdicts
+        if v.get("passed") and (not v.get("hidden") or v.get("probe") == "hidden checks")
+    ]
+    if shown:
         parts.append('<ul class="checks">')
-        parts += [f"<li>{_e(line)}</li>" for line in checks]
+        parts += [f"<li>{_e(line)}</li>" for line in shown]
         parts.append("</ul>")
     if cell.get("invalid"):
         parts.append(
@@ -65,14 +75,8 @@ def exercise_html(cell: dict, score: float, points: float) -> str:
             "An infinite loop, a crash or too much memory costs this exercise's points.</div>"
         )
     elif cell.get("error"):
-        error = cell["error"]
-        if error["ename"] == "CheckFailed":
-            text = error["evalue"]
-        elif error["ename"] == "NotImplementedError" and not error["evalue"].strip():
-            text = "NotImplementedError: the exercise still raises NotImplementedError (not done?)"
-        else:
-            text = f"{error['ename']}: {error['evalue']}"
-        parts.append(f'<div class="message">{_e(text)}</div>')
+        failed = [v for v in verdicts if v.get("passed") is False]
+        parts.append(f'<div class="message">{failure_html(cell["error"], failed)}</div>')
     elif not passed:
         parts.append(
             '<div class="message">The checks wrote to stderr (a warning?), which nbgrader '
@@ -85,6 +89,27 @@ def exercise_html(cell: dict, score: float, points: float) -> str:
         )
     parts.append("</section>")
     return "\n".join(parts)
+
+
+def failure_html(error: dict, failed: list[dict]) -> str:
+    """The check's own words for a failure; of the student's exception, only its type."""
+    if failed:
+        where = f"{failed[-1]['title']} — {failed[-1]['probe']}"
+        if failed[-1].get("raised"):
+            return _e(f"{where}: your code raised ") + _student(failed[-1]["raised"])
+        return _e(f"{where}: {failed[-1].get('message', '')}")
+    if error.get("by") == "check":
+        return _e(error["evalue"])
+    if error["ename"] == "NotImplementedError":
+        return "NotImplementedError: the exercise still raises NotImplementedError (not done?)"
+    return "Your code raised " + _student(error["ename"])
+
+
+def _student(ename: str) -> str:
+    return (
+        f'<code class="student">{_e(ename)}</code> (an exception of your code; its message '
+        "is not shown here)"
+    )
 
 
 def notebook_html(record: dict, name: str) -> str:
@@ -124,12 +149,19 @@ def generate(course_root: Path, assignment: str, students: list[str] | None = No
     course = course_mod.Course.load(course_root)
     written = []
     for student in students or course.students(assignment):
-        record = course_mod.read_json(course.autograded(student, assignment) / RESULT_FILE)
-        if record is None:
-            print(f"{student}: not graded yet (run `python -m autograde grade {assignment}`)")
+        problem = submission.student_id_problem(student)
+        if problem:
+            print(f"{submission.printable(student)}: skipped: {problem}")
             continue
-        for name in record["notebooks"]:
-            path = course.feedback(student, assignment) / f"{name}.html"
-            course_mod.atomic_write(path, notebook_html(record, name))
-            written.append(path)
+        try:  # one student's broken result costs that student's pages alone
+            record = course_mod.read_json(course.autograded(student, assignment) / RESULT_FILE)
+            if record is None:
+                print(f"{student}: not graded yet (run `python -m autograde grade {assignment}`)")
+                continue
+            for name in record["notebooks"]:
+                path = course.feedback(student, assignment) / f"{name}.html"
+                course_mod.atomic_write(path, notebook_html(record, name))
+                written.append(path)
+        except Exception as error:  # noqa: BLE001 - reported, the others go on
+            print(f"{student}: no feedback written ({type(error).__name__}: {error})")
     return written

@@ -22,7 +22,6 @@ import ast
 import builtins
 import contextlib
 import hashlib
-import importlib
 import io
 import json
 import os
@@ -39,6 +38,7 @@ SAFE_MODULES = frozenset(
 )
 HIDDEN_NOTE = "# (hidden tests ran here; their code is in the source notebook)\n"
 OUTPUT_LIMIT = 20_000  # characters of a cell's output kept in the autograded notebook
+MAX_VERDICTS = 500  # probes' verdicts kept per test cell
 _SALT: list[int | None] = [None]
 
 
@@ -106,7 +106,7 @@ class Runner:
         limits = Limits(**job["limits"])
         self.config = SandboxConfig(Path(job["grading_dir"]), limits, job["sandbox"])
         self.config.threads = int(job.get("threads", 1))
-        self.uid = job["uid"]
+        self.uids: list[int] = []  # one per sandbox started: none is ever reused
         self.stubbed = frozenset(tuple(p) for p in job["stubbed"])
         self.timeout = float(job["timeout"])
         self.deadline = time.monotonic() + float(job["notebook_timeout"])
@@ -138,7 +138,8 @@ class Runner:
         if self.session is not None:
             self.session.close()
         self.generation += 1
-        process = WorkerProcess(self.config, self.uid)
+        process = WorkerProcess(self.config)
+        self.uids.append(process.uid)
         session = Session(process, self.stubbed, self.generation)
         session.deadline = min(time.monotonic() + max(120.0, self.timeout), self.deadline)
         try:
@@ -151,7 +152,9 @@ class Runner:
                 ):
                     try:
                         session.exec_cell(source)
-                    except Exception:  # noqa: BLE001, S110 - the student's worker misbehaved
+                    except WorkerLost:
+                        raise
+                    except BaseException:  # noqa: BLE001, S110 - the student's worker misbehaved
                         pass
         except WorkerLost as lost:
             self.broken = f"the worker could not be restarted: {lost.reason}"
@@ -192,7 +195,7 @@ def run_student_cell(runner: Runner, index: int, step) -> list[dict]:
                 error = session.exec_cell(step.source)
             except WorkerLost:
                 raise
-            except Exception as failure:  # noqa: BLE001 - the worker broke its own machinery
+            except BaseException as failure:  # noqa: BLE001 - the worker broke its machinery
                 error = {"type": type(failure).__name__, "message": str(failure)}
         runner.history.append(step.source)
     except WorkerLost as lost:
@@ -225,16 +228,17 @@ def _assigned(tree: ast.AST) -> set[str]:
 
 
 def _judge_value(value):
-    """What a name of the student's becomes in a test cell run here."""
+    """What a name of the student's becomes in a test cell run here.
+
+    A module the student's cell imported becomes the judge's own module of that name only if
+    the judge already holds it: nothing is imported (or run) because the worker said so.
+    """
     from . import wire
 
     if isinstance(value, wire.ModuleRef):
-        parts = value.name.split(".")
-        if parts[0] in SAFE_MODULES and all(p.isidentifier() for p in parts):
-            try:
-                return importlib.import_module(value.name)
-            except ImportError:
-                pass
+        held = sys.modules.get(value.name)
+        if held is not None and value.name.split(".")[0] in SAFE_MODULES:
+            return held
         return value.handle
     return value
 
@@ -243,10 +247,13 @@ def run_test_cell(runner: Runner, index: int, step, carry: dict) -> dict:
     """Run one test cell here; its outputs (as nbgrader would record them) and details."""
     import torch
 
+    from course_lib.checks import core
+
     from .remote import RemoteObject, WorkerLost
 
     out, err = TaggedStream(), TaggedStream()
     result: dict = {"grade_id": step.grade_id, "origin": step.origin, "lost": None}
+    verdicts: list[dict] = []
     error = None
     display = None
     try:
@@ -262,10 +269,7 @@ def run_test_cell(runner: Runner, index: int, step, carry: dict) -> dict:
             if isinstance(state, torch.Tensor) and state.shape == torch.get_rng_state().shape:
                 torch.set_rng_state(state)
             resolved = session.resolve(_names(tree))
-        except WorkerLost as lost:
-            error = lost
-            resolved = {}
-        except Exception as failure:  # noqa: BLE001 - the student's worker misbehaved
+        except BaseException as failure:  # noqa: BLE001 - the student's worker misbehaved
             error = failure
             resolved = {}
         namespace = {"__name__": "__main__", "__builtins__": builtins}
@@ -284,6 +288,7 @@ def run_test_cell(runner: Runner, index: int, step, carry: dict) -> dict:
                 contextlib.redirect_stdout(out),
                 contextlib.redirect_stderr(err),
                 warnings.catch_warnings(),
+                core.recording() as verdicts,
             ):
                 try:
                     exec(compile(tree, f"<test cell {step.grade_id}>", "exec"), namespace)
@@ -293,12 +298,8 @@ def run_test_cell(runner: Runner, index: int, step, carry: dict) -> dict:
                         )
                         if value is not None and not step.source.rstrip().endswith(";"):
                             display = _display(value)
-                except WorkerLost as lost:
-                    error = lost
-                except Exception as failure:  # noqa: BLE001 - any failure fails the cell
+                except BaseException as failure:  # noqa: BLE001 - any failure fails the cell
                     error = failure
-                except (KeyboardInterrupt, SystemExit) as stop:
-                    error = stop
         for name in _assigned(tree):  # what this cell defined, for the next test cells
             value = namespace.get(name)
             if name in namespace and not isinstance(value, RemoteObject):
@@ -331,12 +332,23 @@ def run_test_cell(runner: Runner, index: int, step, carry: dict) -> dict:
     if error is not None:
         ename, evalue = _describe(error)
         outputs.append(_error_output(ename, evalue))
-        result["error"] = {"ename": ename, "evalue": evalue}
-    result["checks"] = [line.strip() for line in out.text("judge").splitlines() if line.strip()][
-        :200
-    ]
+        result["error"] = {"ename": ename, "evalue": evalue, "by": _raised_by(error, core)}
+    result["checks"] = verdicts[:MAX_VERDICTS]
     result["outputs"] = outputs
     return result
+
+
+def _raised_by(error: BaseException, core) -> str:
+    """Whose failure it is: "check" (a CheckFailed of the judge's own checks: its message
+    is the check's), "grader" (the worker was lost) or "student" (anything else reached the
+    test cell: the student's code, whose message is the student's)."""
+    from .remote import RemoteError, WorkerLost
+
+    if isinstance(error, WorkerLost):
+        return "grader"
+    if isinstance(error, core.CheckFailed) and not isinstance(error, RemoteError):
+        return "check"
+    return "student"
 
 
 def _describe(error: BaseException) -> tuple[str, str]:
@@ -366,6 +378,8 @@ def grade_notebook(job: dict, spec: dict) -> dict:
     source_nb = notebooks.read(Path(spec["source"]))
     release_nb = notebooks.read(Path(spec["release"])) if spec.get("release") else None
     sources = notebooks.source_cells(source_nb, release_nb)
+    if spec.get("problem"):  # the batch could not read it (a link, too large, ...)
+        return {"status": "invalid", "reason": spec["problem"], "cells": [], "notebook": None}
     try:
         submitted = notebooks.read(Path(spec["submitted"]))
     except notebooks.InvalidNotebook as invalid:
@@ -416,7 +430,7 @@ def grade_notebook(job: dict, spec: dict) -> dict:
     return {
         "status": status,
         "reason": reason,
-        "sandbox_uid": job["uid"],
+        "sandbox_uids": runner.uids,
         "seconds": round(time.monotonic() - started, 2),
         "events": runner.events,
         "cells": tests,
@@ -434,7 +448,7 @@ def grade(job: dict) -> dict:
     for spec in job["notebooks"]:
         try:
             results[spec["name"]] = grade_notebook(job, spec)
-        except Exception:  # noqa: BLE001 - a grader bug must not take the batch down
+        except BaseException:  # noqa: BLE001 - a grader bug must not take the batch down
             results[spec["name"]] = {
                 "status": "error",
                 "reason": "the grader failed: " + traceback.format_exc()[-2000:],
@@ -459,8 +473,18 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
+def _limit_memory(limit: int) -> None:
+    """The judge's own address-space limit: whatever a worker sends, the judge can grow only
+    so far (a MemoryError then fails the cell being graded, as any other failure does)."""
+    import resource
+
+    if limit > 0:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
 def main() -> None:
     _die_with_parent()
+    _limit_memory(int(sys.argv[2]) if len(sys.argv) > 2 else 0)
     os.environ["NBGRADER_EXECUTION"] = "autograde"  # as in nbgrader's kernels
     os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the sandbox has no GPU: neither do the checks
     protocol = os.fdopen(os.dup(1), "w", buffering=1)

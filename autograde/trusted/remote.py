@@ -274,8 +274,11 @@ class Session:
                 raise self._fail("the worker broke the protocol: a reply without a kind")
             for key, stream in (("out", sys.stdout), ("err", sys.stderr)):
                 text = tree.get(key)
-                if isinstance(text, str) and text:  # tagged as the student's, where we can
-                    getattr(stream, "write_worker", stream.write)(text)
+                # Kept only inside a cell's capture (which tags and caps it); text arriving
+                # at any other time is the student's alone and is dropped, never logged here.
+                capture = getattr(stream, "write_worker", None)
+                if isinstance(text, str) and text and capture is not None:
+                    capture(text)
             if tree["kind"] == "callback":
                 self._serve_callback(tree, blobs)
                 continue
@@ -551,15 +554,26 @@ def _is_check_failure(error: BaseException) -> bool:
     )
 
 
+class ArgumentReshaped(RemoteError, ValueError):
+    """The student's code changed the shape or dtype of an argument in place."""
+
+
 def _assign(original, new) -> None:
-    """Make ``original`` (our tensor) equal to ``new`` (its state after the student's call)."""
+    """Make ``original`` (our tensor) equal to ``new`` (its state after the student's call).
+
+    Only values change here: a reply that would give our tensor another shape or dtype is
+    refused (the check would otherwise go on with, and allocate for, a size of the worker's
+    choosing), and the student's call fails instead.
+    """
     if not isinstance(new, torch.Tensor) or not isinstance(original, torch.Tensor):
         return
+    if new.shape != original.shape or new.dtype != original.dtype:
+        raise ArgumentReshaped(
+            "your code changed the shape or dtype of an argument in place; "
+            "compute into new tensors instead"
+        )
     with torch.no_grad():
-        if new.shape == original.shape and new.dtype == original.dtype:
-            original.copy_(new)
-        else:
-            original.data = new
+        original.copy_(new)
 
 
 def _substitute(value, mapping: dict[int, object]):

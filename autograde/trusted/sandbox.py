@@ -8,35 +8,42 @@ checks or the gradebook. The only writable place is a size-limited tmpfs at /tmp
 network (a new, empty network namespace), its own PID, IPC and UTS namespaces, and dies with
 the grader.
 
-Limits: address space (RLIMIT_AS), CPU seconds (RLIMIT_CPU), process count (RLIMIT_NPROC,
-counted per user id: when the grader runs as root, each concurrent sandbox runs its student
-code as its own unprivileged uid so that one student's fork bomb cannot starve another's
-sandbox), file size (RLIMIT_FSIZE), plus a watchdog on the resident memory of all the
-sandbox's processes together. The grader enforces wall-clock limits itself and kills the
-whole sandbox: its process group, every process in it, and with bubblewrap's PID-namespace
-init everything the student might have started.
+Limits, enforced by the kernel: a control group per sandbox (``cgroups``: memory including
+shared memory and kernel buffers, process count, an equal CPU share) where the machine allows
+one, plus, always, address space (RLIMIT_AS), CPU seconds (RLIMIT_CPU), process count
+(RLIMIT_NPROC of the sandbox's own user id), open files (RLIMIT_NOFILE), file size
+(RLIMIT_FSIZE) and a watchdog on the resident memory of all the sandbox's processes together.
+Every sandbox runs in a user namespace as a user id of its own (``identity``: as root, a fresh
+one per sandbox, never reused) under a seccomp filter (``seccomp``). The grader enforces
+wall-clock limits itself and kills the whole sandbox: its cgroup, its process group, every
+process in it, and with bubblewrap's PID-namespace init everything the student might have
+started.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import resource
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import cgroups, identity, seccomp
+
 INSTALL_HINT = (
     "bubblewrap (bwrap) is needed to run untrusted submissions in a sandbox. Install it with "
     "`apt-get install bubblewrap` (Debian/Ubuntu) or `dnf install bubblewrap` (Fedora), or, "
     "only for code you trust, pass --no-sandbox."
 )
-UID_BASE = 2_000_000  # sandboxed code runs as its own uid above this when the grader is root
 BOOT = (
     "import sys; sys.path.insert(0, sys.argv[sys.argv.index('--lib') + 1]); "
     "from _grader import worker; worker.main()"
@@ -48,6 +55,7 @@ class Limits:
     memory: int = 4 << 30  # bytes of address space per process, and of RSS in total
     cpu_seconds: int = 1800  # per process
     processes: int = 64  # processes and threads of the sandbox's user
+    open_files: int = 256  # per process (each socket or pipe buffer needs one)
     tmp_size: int = 256 << 20  # the writable /tmp
     file_size: int = 256 << 20
 
@@ -70,7 +78,8 @@ def probe() -> str | None:
     bwrap = find_bwrap()
     if bwrap is None:
         return "bwrap is not installed. " + INSTALL_HINT
-    argv = [bwrap, *_namespace_args(), "--ro-bind", "/", "/", "--", "/bin/true"]
+    argv = [*_identity_args(identity.UID_BASE - 1), bwrap, *_namespace_args()]
+    argv += ["--ro-bind", "/", "/", "--", "/bin/true"]
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as error:
@@ -78,18 +87,92 @@ def probe() -> str | None:
     if done.returncode != 0:
         return (
             f"bwrap cannot create namespaces on this machine ({done.stderr.strip()}). "
-            "Unprivileged user namespaces may be disabled (sysctl "
-            "kernel.unprivileged_userns_clone=1), or run the grader as root."
+            "User namespaces may be disabled (sysctl kernel.unprivileged_userns_clone=1, "
+            "user.max_user_namespaces > 0)."
         )
     return None
 
 
-def _namespace_args() -> list[str]:
-    args = ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts"]
-    args += ["--unshare-cgroup-try", "--die-with-parent", "--new-session"]
+@dataclass
+class Protections:
+    """What this machine lets the sandbox have beyond bubblewrap's namespaces."""
+
+    cgroup: cgroups.Hierarchy | None
+    cgroup_problem: str
+    seccomp: bytes | None
+
+    def describe(self) -> list[str]:
+        as_root = os.geteuid() == 0
+        lines = [
+            "user namespace, "
+            + ("a fresh user id per sandbox" if as_root else "the grader's own user id"),
+            "seccomp filter (keyrings, ptrace, mount, namespaces, memfd, ...)"
+            if self.seccomp
+            else f"no seccomp filter (no syscall table for {os.uname().machine})",
+        ]
+        if self.cgroup:
+            lines.append(f"{self.cgroup.describe()}: memory, processes, fair CPU share")
+        else:
+            lines.append(
+                f"no cgroup ({self.cgroup_problem}): memory by RLIMIT_AS and the resident-"
+                "memory watchdog only (shared memory and kernel buffers not counted), "
+                "processes by RLIMIT_NPROC, CPU not shared fairly"
+            )
+        return lines
+
+
+@functools.lru_cache(maxsize=1)
+def protections() -> Protections:
+    hierarchy, problem = cgroups.detect()
+    return Protections(hierarchy, problem, seccomp.program())
+
+
+# As root: bind what must be bound but is out of an ordinary user's reach (a Python under
+# /root, a grading directory in a private temporary folder) to a staging folder, in a mount
+# namespace of the sandbox's own, then go on.
+_BIND_AND_EXEC = (
+    'while [ "$1" != -- ]; do mount --rbind "$1" "$2" || exit 125; shift 2; done; shift; exec "$@"'
+)
+
+
+def _hidden(path: Path) -> bool:
+    """Whether an ordinary user cannot reach ``path`` (some folder above it is closed)."""
+    return any(not os.stat(p).st_mode & 0o001 for p in [path, *path.parents])
+
+
+def _staging(roots: list[Path]) -> dict[Path, Path]:
+    """root -> where a user of the sandbox's can reach it, for the roots it cannot."""
     if os.geteuid() != 0:
-        args.append("--unshare-user")
-    return args
+        return {}
+    folder = Path(tempfile.gettempdir()) / "autograde-staging"
+    staged = {}
+    for index, root in enumerate(r for r in roots if _hidden(r)):
+        (folder / str(index)).mkdir(mode=0o755, parents=True, exist_ok=True)
+        os.chmod(folder, 0o755)
+        staged[root] = folder / str(index)
+    return staged
+
+
+def _identity_args(uid: int, staged: dict[Path, Path] | None = None) -> list[str]:
+    """As root: become ``uid`` before bwrap, which then builds its user namespace unprivileged
+    (a root bwrap would run the student's processes as real root of the host's kernel)."""
+    if os.geteuid() != 0:
+        return []
+    prefix = []
+    if staged:
+        prefix = [shutil.which("unshare") or "unshare", "--mount", "--propagation", "private"]
+        prefix += ["--", "/bin/sh", "-c", _BIND_AND_EXEC, "sh"]
+        for root, stage in staged.items():
+            prefix += [str(root), str(stage)]
+        prefix.append("--")
+    setpriv = shutil.which("setpriv") or "setpriv"
+    return [*prefix, setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
+
+
+def _namespace_args() -> list[str]:
+    args = ["--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc"]
+    args += ["--unshare-uts", "--unshare-cgroup-try", "--die-with-parent", "--new-session"]
+    return args + ["--uid", str(identity.STUDENT_UID), "--gid", str(identity.STUDENT_UID)]
 
 
 def _python_roots(python: str) -> list[Path]:
@@ -100,12 +183,14 @@ def _python_roots(python: str) -> list[Path]:
     return sorted(r for r in roots if r != usr and usr not in r.parents and r != Path("/"))
 
 
-def bwrap_argv(config: SandboxConfig, uid: int) -> list[str]:
-    """The full command line: bubblewrap, its mounts, then the worker."""
-    argv = [find_bwrap() or "bwrap", *_namespace_args()]
-    if os.geteuid() == 0:
-        # bwrap runs privileged (no user namespace); the worker drops to its own uid at once.
-        argv += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+def bwrap_argv(config: SandboxConfig, uid: int, seccomp_fd: int | None = None) -> list[str]:
+    """The full command line: the sandbox's identity, bubblewrap, its mounts, the worker."""
+    roots = _python_roots(config.python)
+    grading = Path(config.grading_dir)
+    staged = _staging([*roots, grading])
+    argv = [*_identity_args(uid, staged), find_bwrap() or "bwrap", *_namespace_args()]
+    if seccomp_fd is not None:
+        argv += ["--seccomp", str(seccomp_fd)]
     argv += ["--ro-bind", "/usr", "/usr"]
     for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
         path = Path("/") / name
@@ -117,26 +202,23 @@ def bwrap_argv(config: SandboxConfig, uid: int) -> list[str]:
         path = Path("/etc") / name
         if path.exists():
             argv += ["--ro-bind", str(path), str(path)]
-    grading = Path(config.grading_dir)
     for name in ("passwd", "group"):
-        argv += ["--ro-bind", str(grading / "etc" / name), f"/etc/{name}"]
+        argv += ["--ro-bind", str(staged.get(grading, grading) / "etc" / name), f"/etc/{name}"]
     # The writable /tmp is mounted before the interpreter's directories: a virtual environment
     # that lives under /tmp (a CI checkout, say) is then bound on top of it, not hidden by it.
     argv += ["--perms", "1777", "--size", str(config.limits.tmp_size), "--tmpfs", "/tmp"]
     made: set[Path] = {Path("/"), Path("/usr"), Path("/etc"), Path("/tmp")}
-    for root in _python_roots(config.python):
+    for root in roots:
         for parent in reversed(root.parents):
             if parent not in made:
                 argv += ["--perms", "0755", "--dir", str(parent)]
                 made.add(parent)
-        argv += ["--ro-bind", str(root), str(root)]
+        argv += ["--ro-bind", str(staged.get(root, root)), str(root)]
         made.add(root)
-    argv += ["--ro-bind", str(grading), "/grader"]
+    argv += ["--ro-bind", str(staged.get(grading, grading)), "/grader"]
     argv += ["--proc", "/proc", "--dev", "/dev"]
     argv += ["--chdir", "/tmp", "--", config.python, "-I", "-B", "-c", BOOT]
     argv += ["--lib", "/grader", "--mplcache", "/grader/mplcache", "--scratch", "/tmp/work"]
-    if os.geteuid() == 0:
-        argv += ["--uid", str(uid), "--gid", str(uid)]
     return argv
 
 
@@ -162,16 +244,25 @@ def worker_env(scratch: str, threads: int = 1) -> dict[str, str]:
 class WorkerProcess:
     """A running worker: the pipes to talk to it, and the means to kill everything it started."""
 
-    def __init__(self, config: SandboxConfig, uid: int):
-        self.config, self.uid = config, uid
+    def __init__(self, config: SandboxConfig):
+        self.config = config
+        _adopt_orphans()
+        self.uid = identity.fresh_uid() if config.sandbox else os.getuid()
         self.killed_for: str | None = None
         self.stderr_tail: deque[bytes] = deque(maxlen=64)
         self._dead = threading.Event()
         cmd_r, self.cmd_w = os.pipe()
         self.reply_r, reply_w = os.pipe()
         os.set_blocking(self.cmd_w, False)
+        granted = protections() if config.sandbox else Protections(None, "no sandbox", None)
+        self.group = None
+        if granted.cgroup is not None:
+            self.group = cgroups.Group(
+                granted.cgroup, config.limits.memory, config.limits.processes
+            )
+        extra_fds = [seccomp.pipe_with(granted.seccomp)] if granted.seccomp else []
         if config.sandbox:
-            argv = bwrap_argv(config, uid)
+            argv = bwrap_argv(config, self.uid, extra_fds[0] if extra_fds else None)
             env = worker_env("/tmp/work", config.threads)
             cwd = "/"
         else:
@@ -183,28 +274,27 @@ class WorkerProcess:
             cwd = self.scratch
         limits = config.limits
         nproc = limits.processes
-        if os.geteuid() != 0 or not config.sandbox:
+        if os.geteuid() != 0 or not config.sandbox:  # the limit counts all of our processes
             nproc += _count_own_processes()
 
         rlimits = {
             "as": limits.memory,
             "cpu": limits.cpu_seconds,
             "nproc": nproc,
+            "nofile": limits.open_files,
             "fsize": limits.file_size,
             "core": 0,
         }
         argv += ["--cmd-fd", str(cmd_r), "--reply-fd", str(reply_w)]
         argv += ["--threads", str(config.threads)]
-        prlimit = shutil.which("prlimit")
-        preexec = None
-        if prlimit:
-            argv = [prlimit, *(f"--{k}={v}" for k, v in rlimits.items()), "--", *argv]
-        else:  # pragma: no cover - util-linux is everywhere bwrap is
+        join = self.group.join_fds() if self.group else []
 
-            def preexec():
-                for name, value in rlimits.items():
-                    which = getattr(resource, f"RLIMIT_{name.upper()}")
-                    resource.setrlimit(which, (value, value))
+        def preexec():  # in the child, before anything of the sandbox runs
+            for fd in join:  # join the sandbox's cgroup: everything started later is in it
+                os.write(fd, b"0")
+            for name, value in rlimits.items():
+                which = getattr(resource, f"RLIMIT_{name.upper()}")
+                resource.setrlimit(which, (value, value))
 
         self.started = time.monotonic()
         self.process = subprocess.Popen(
@@ -214,12 +304,12 @@ class WorkerProcess:
             stderr=subprocess.PIPE,
             env=env,
             cwd=cwd,
-            pass_fds=(cmd_r, reply_w),
-            preexec_fn=preexec,
+            pass_fds=(cmd_r, reply_w, *extra_fds),
+            preexec_fn=preexec,  # noqa: PLW1509 - only os.write and setrlimit, no locks
             start_new_session=True,
         )
-        os.close(cmd_r)
-        os.close(reply_w)
+        for fd in (cmd_r, reply_w, *extra_fds, *join):
+            os.close(fd)
         threading.Thread(target=self._drain_stderr, daemon=True).start()
         threading.Thread(target=self._watch_memory, daemon=True).start()
 
@@ -254,7 +344,11 @@ class WorkerProcess:
         if reason and self.killed_for is None:
             self.killed_for = reason
         self._dead.set()
+        # Listed before anything is killed: a killed process's children go to the subreaper
+        # (us) at once, and are no longer anyone's descendants, but must still be reaped.
         pids = _descendants(self.process.pid)
+        if self.group is not None:
+            self.group.kill()
         for action in (
             lambda: os.killpg(self.process.pid, signal.SIGKILL),
             *(lambda p=p: os.kill(p, signal.SIGKILL) for p in pids),
@@ -267,15 +361,15 @@ class WorkerProcess:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:  # pragma: no cover - the kernel always obliges
             pass
-        deadline = time.monotonic() + 10
-        while _descendants_alive(pids) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        _reap(pids, self.uid if os.geteuid() == 0 and self.config.sandbox else None)
         for fd in (self.cmd_w, self.reply_r):
             try:
                 os.close(fd)
             except OSError:
                 pass
         self.cmd_w = self.reply_r = -1
+        if self.group is not None:
+            self.group.remove()
         if not self.config.sandbox:
             shutil.rmtree(self.scratch, ignore_errors=True)
 
@@ -295,8 +389,6 @@ class WorkerProcess:
 
 
 def _scratch_dir() -> str:
-    import tempfile
-
     return tempfile.mkdtemp(prefix="autograde-scratch-")
 
 
@@ -328,16 +420,51 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def _descendants_alive(pids: list[int]) -> bool:
-    for pid in pids:
+def _adopt_orphans() -> None:
+    """Make this process a child subreaper: a sandbox process whose parent dies first is handed
+    to us, not to the machine's init, so ``_reap`` can wait for it to be gone for good."""
+    ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+
+
+def _reap(pids: list[int], uid: int | None = None, seconds: float = 30) -> None:
+    """Wait until each of the killed ``pids`` is gone from the process table, reaping the ones
+    handed to us. Without this, a killed sandbox's pid-namespace init lingers as a zombie
+    under its sandbox uid until the machine's init gets round to it. ``uid``: the sandbox's
+    own (as root, never shared), whose every process is waited for too, so that one the list
+    missed (its parent had died, handing it to us, before the list was made) is not left
+    behind. ``seconds`` only bounds a kernel that never lets a killed process go."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        of_uid = _processes_of(uid) if uid is not None else set()
+        left = [pid for pid in set(pids) | of_uid if not _gone(pid)]
+        if not left:
+            return
+        for pid in of_uid.intersection(left):  # anything of the sandbox's that still runs
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        time.sleep(0.01)
+
+
+def _gone(pid: int) -> bool:
+    """Whether ``pid`` has left the process table; reaps it if it is a dead child of ours."""
+    try:
+        return os.waitpid(pid, os.WNOHANG)[0] == pid
+    except ChildProcessError:  # not ours: gone, or a zombie whose parent is dying
+        return not os.path.exists(f"/proc/{pid}")
+
+
+def _processes_of(uid: int) -> set[int]:
+    """Every process (zombies included) that runs as ``uid``."""
+    found = set()
+    for entry in os.listdir("/proc"):
         try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[-1].split()[0]
+            if entry.isdigit() and os.stat(f"/proc/{entry}").st_uid == uid:
+                found.add(int(entry))
         except OSError:
-            continue
-        if state != b"Z":
-            return True
-    return False
+            pass
+    return found
 
 
 def _memory(pid: int) -> int:

@@ -27,7 +27,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import wire, worker
+from . import identity, wire, worker
 
 BANNER = re.compile(r"^# --- from solutions/(?P<name>[^/\s]+)\.md\s*$")
 
@@ -110,25 +110,15 @@ def build(
         shutil.copy(module.__file__, package / Path(module.__file__).name)
     etc = dest / "etc"
     etc.mkdir()
-    (etc / "passwd").write_text(
-        "root:x:0:0:root:/root:/bin/false\n"
-        + "".join(f"student:x:{u}:{u}::/tmp:/bin/false\n" for u in _sandbox_uids())
-    )
-    (etc / "group").write_text(
-        "root:x:0:\n" + "".join(f"student:x:{u}:\n" for u in _sandbox_uids())
-    )
+    uid = identity.STUDENT_UID  # inside the sandbox's user namespace
+    (etc / "passwd").write_text(f"student:x:{uid}:{uid}::/tmp:/bin/false\n")
+    (etc / "group").write_text(f"student:x:{uid}:\n")
     _font_cache(dest / "mplcache")
     for root, _dirs, files in os.walk(dest):
         os.chmod(root, 0o755)
         for name in files:
             os.chmod(os.path.join(root, name), 0o644)
     return frozenset(stubbed)
-
-
-def _sandbox_uids() -> range:
-    from .sandbox import UID_BASE
-
-    return range(UID_BASE, UID_BASE + 64)
 
 
 def _font_cache(folder: Path) -> None:

@@ -25,6 +25,10 @@ import struct
 import time
 
 MAX_FRAME = 256 * 1024 * 1024  # bytes; a larger message is a protocol violation
+# Bytes of a message's JSON tree. Tensors travel as blobs, so a genuine tree is small; this
+# bounds what json.loads may build (tens of bytes of Python objects per byte) before any
+# node is counted.
+MAX_TREE = 8 * 1024 * 1024
 MAX_NODES = 1_000_000  # values in one message
 MAX_DEPTH = 64  # nesting of containers
 HEADER = struct.Struct(">Q")
@@ -125,6 +129,8 @@ def unpack(payload: bytes):
     try:
         view = memoryview(payload)
         (n,) = HEADER.unpack(view[:8])
+        if n > MAX_TREE:
+            raise ProtocolError(f"a message tree of {n} bytes is over the limit of {MAX_TREE}")
         tree = json.loads(bytes(view[8 : 8 + n]))
         pos = 8 + n
         (count,) = HEADER.unpack(view[pos : pos + 8])
@@ -306,8 +312,9 @@ class Decoder:
 
         name = node.get("type")
         values = self._items(node, depth)
-        kind = getattr(torch.return_types, name, None) if isinstance(name, str) else None
-        if kind is None or not name.isidentifier():
+        public = isinstance(name, str) and name.isidentifier() and not name.startswith("_")
+        kind = getattr(torch.return_types, name, None) if public else None
+        if not (isinstance(kind, type) and issubclass(kind, tuple)):
             return tuple(values)
         try:
             return kind(values)

@@ -1,8 +1,10 @@
 """Checks for the attention exercises (chapters 1 and 2).
 
 Oracles are PyTorch's own operations, never course_lib's reference, so a check can be trusted
-independently of the code it grades. Each ``check_*`` takes sizes, a dtype and a seed so the
-hidden checks can run the same probes on other inputs.
+independently of the code it grades. Every call hands the student's code private copies
+(``call_on_copies``, which also verifies they come back unchanged), so nothing it does to its
+arguments reaches the oracles or later probes. Each ``check_*`` takes sizes, a dtype and a
+seed so the hidden checks can run the same probes on other inputs.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ import torch
 
 from course_lib.checks.core import (
     CheckFailed,
+    call_on_copies,
     expect,
     expect_close,
     expect_shape,
-    expect_unchanged,
     generator,
     graded_alone,
     randn,
@@ -35,8 +37,7 @@ def check_dot_scores(fn, L=3, S=4, D=5, dtype=torch.float32, seed=0) -> None:
         expect_close(got, torch.tensor([[0.62]]), "the score of (0.7, 0.3) against (0.8, 0.2)")
 
     def matches_matmul():
-        q0, k0 = q.clone(), k.clone()
-        got = fn(q, k)
+        got = call_on_copies(fn, {"query": q, "keys": k})
         expect(
             tuple(getattr(got, "shape", ())) != (S, L),
             f"scores have shape (S, L) = {(S, L)}, expected (L, S) = {(L, S)}: "
@@ -53,7 +54,6 @@ def check_dot_scores(fn, L=3, S=4, D=5, dtype=torch.float32, seed=0) -> None:
             },
         )
         expect(got.dtype == dtype, f"scores have dtype {got.dtype}, expected {dtype}")
-        expect_unchanged({"query": q0, "keys": k0}, {"query": q, "keys": k})
 
     run(
         "dot_scores",
@@ -68,8 +68,11 @@ def check_softmax(fn, shape=(3, 5), dtype=torch.float32, seed=0) -> None:
     gen = generator(seed)
     scores = randn(gen, *shape, dtype=dtype) * 3
 
+    def call(**kwargs):
+        return call_on_copies(fn, {"scores": scores}, **kwargs)
+
     def sums_to_one():
-        got = expect_shape(fn(scores), tuple(scores.shape), "softmax(scores)")
+        got = expect_shape(call(), tuple(scores.shape), "softmax(scores)")
         expect(bool((got >= 0).all()), "some weights are negative: did you exponentiate?")
         sums = got.double().sum(-1)
         if not torch.allclose(sums, torch.ones_like(sums), atol=1e-5):
@@ -79,9 +82,8 @@ def check_softmax(fn, shape=(3, 5), dtype=torch.float32, seed=0) -> None:
             raise CheckFailed(f"weights do not sum to 1 along dim=-1 (the key axis).{hint}")
 
     def matches_torch():
-        before = scores.clone()
         expect_close(
-            fn(scores),
+            call(),
             torch.softmax(scores.double(), -1),
             "softmax(scores)",
             {
@@ -89,11 +91,10 @@ def check_softmax(fn, shape=(3, 5), dtype=torch.float32, seed=0) -> None:
                 "exp(scores) without normalising": scores.double().exp(),
             },
         )
-        expect_unchanged({"scores": before}, {"scores": scores})
 
     def honours_dim():
         expect_close(
-            fn(scores, dim=0),
+            call(dim=0),
             torch.softmax(scores.double(), 0),
             "softmax(scores, dim=0)",
             {"the dim argument is ignored (always dim=-1)": torch.softmax(scores.double(), -1)},
@@ -101,7 +102,7 @@ def check_softmax(fn, shape=(3, 5), dtype=torch.float32, seed=0) -> None:
 
     def stable_for_large_scores():
         big = scores * 1000
-        got = fn(big)
+        got = call_on_copies(fn, {"scores": big})
         expect(
             bool(torch.isfinite(got).all()),
             "softmax of scores around ±1000 gives NaN or inf: subtract the maximum score "
@@ -110,7 +111,7 @@ def check_softmax(fn, shape=(3, 5), dtype=torch.float32, seed=0) -> None:
         expect_close(got, torch.softmax(big.double(), -1), "softmax of large scores")
 
     def keeps_dtype():
-        got = fn(scores)
+        got = call()
         expect(got.dtype == dtype, f"the weights have dtype {got.dtype}, expected {dtype}")
 
     run(
@@ -125,14 +126,6 @@ def check_softmax(fn, shape=(3, 5), dtype=torch.float32, seed=0) -> None:
     )
 
 
-def _reference_dot_scores(query, keys):
-    return query @ keys.transpose(0, 1)
-
-
-def _reference_softmax(scores, dim=-1):
-    return torch.softmax(scores, dim)
-
-
 def check_soft_lookup(fn, L=3, S=4, D=5, Dv=2, dtype=torch.float32, seed=0) -> None:
     gen = generator(seed)
     q, k = randn(gen, L, D, dtype=dtype), randn(gen, S, D, dtype=dtype)
@@ -140,9 +133,12 @@ def check_soft_lookup(fn, L=3, S=4, D=5, Dv=2, dtype=torch.float32, seed=0) -> N
     scores = q.double() @ k.double().T  # (L, S)
     weights = torch.softmax(scores, -1)
 
+    def softmax(scores, dim=-1):  # local: no importable function computes an exercise's answer
+        return torch.softmax(scores, dim)
+
     def call():
-        with graded_alone(fn, dot_scores=_reference_dot_scores, softmax=_reference_softmax):
-            result = fn(q, k, v)
+        with graded_alone(fn, dot_scores=torch.inner, softmax=softmax):  # inner: q @ kᵀ
+            result = call_on_copies(fn, {"query": q, "keys": k, "values": v})
         expect(
             isinstance(result, tuple) and len(result) == 2,
             "soft_lookup must return a tuple (output, weights)",
@@ -167,7 +163,6 @@ def check_soft_lookup(fn, L=3, S=4, D=5, Dv=2, dtype=torch.float32, seed=0) -> N
         )
 
     def returns_output():
-        before = {"query": q.clone(), "keys": k.clone(), "values": v.clone()}
         out, _ = call()
         expect_shape(out, (L, Dv), "output")
         expect_close(
@@ -179,7 +174,6 @@ def check_soft_lookup(fn, L=3, S=4, D=5, Dv=2, dtype=torch.float32, seed=0) -> N
                 "the values were summed without weights": v.double().sum(0).expand(L, Dv),
             },
         )
-        expect_unchanged(before, {"query": q, "keys": k, "values": v})
 
     run(
         "soft_lookup",

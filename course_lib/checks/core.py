@@ -145,6 +145,31 @@ def one_thread():
         torch.set_num_threads(threads)
 
 
+_VERDICTS: list[list[dict]] = []  # open recordings (see ``recording``)
+_HIDDEN: list[str] = []  # titles of the ``hidden`` blocks being run
+
+
+@contextmanager
+def recording():
+    """Collect the verdict of every probe run inside: the structured channel a grader reads
+    (never the printed text, which the student's objects can write into). Each verdict is a
+    dict: ``title``, ``probe``, ``passed``, ``hidden`` (inside ``hidden``), and for a failure
+    the check's own ``message`` and, when the student's code raised, the exception's type
+    (``raised``), never its message."""
+    verdicts: list[dict] = []
+    _VERDICTS.append(verdicts)
+    try:
+        yield verdicts
+    finally:
+        _VERDICTS.remove(verdicts)
+
+
+def _record(**verdict) -> None:
+    verdict["hidden"] = bool(_HIDDEN)
+    for verdicts in _VERDICTS:
+        verdicts.append(verdict)
+
+
 def run(title: str, probes: Mapping[str, Callable[[], None]]) -> None:
     """Run named probes in order; stop at the first failure, prefixed with its name."""
     for name, probe in probes.items():
@@ -152,14 +177,16 @@ def run(title: str, probes: Mapping[str, Callable[[], None]]) -> None:
             with one_thread():
                 probe()
         except Exception as error:
-            # A CheckFailed may come back from a sandboxed process as a look-alike of the same
-            # name (trusted grading): it is still a diagnosis, not a crash of the student's code.
-            if isinstance(error, CheckFailed) or type(error).__name__ == "CheckFailed":
+            if isinstance(error, CheckFailed):
+                _record(title=title, probe=name, passed=False, message=str(error))
                 raise CheckFailed(f"{title} — {name}: {error}") from None
-            # The student's code crashed: say where, not a bare traceback.
-            raise CheckFailed(
-                f"{title} — {name}: your code raised {type(error).__name__}: {error}"
-            ) from None
+            # The student's code crashed (or raised a look-alike of CheckFailed): say where.
+            # The printed failure keeps the student's message for them to debug; the recorded
+            # one does not, since it could carry the inputs of hidden checks into feedback.
+            kind = type(error).__name__
+            _record(title=title, probe=name, passed=False, message="", raised=kind)
+            raise CheckFailed(f"{title} — {name}: your code raised {kind}: {error}") from None
+        _record(title=title, probe=name, passed=True)
     passed(title, list(probes))
 
 
@@ -194,6 +221,11 @@ def graded_alone(fn: Callable, **references: Callable):
 @contextmanager
 def hidden(title: str):
     """Run hidden checks without listing their probes: one summary line, or the failure."""
-    with redirect_stdout(io.StringIO()):
-        yield
+    _HIDDEN.append(title)
+    try:
+        with redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        _HIDDEN.pop()
+    _record(title=title, probe="hidden checks", passed=True)
     print(f"✓ {title}: hidden checks passed.")

@@ -6,6 +6,10 @@ scores computed here, outputs and gradients with
 ``torch.nn.functional.scaled_dot_product_attention``. Each ``check_*`` takes sizes, a dtype and
 a seed so the hidden checks can run the same probes on other inputs.
 
+Every call hands the student's code private copies of its inputs (verified unchanged after
+the call), and the oracles are computed from the check's own tensors; no importable function
+computes an exercise's answer (the attention oracle is local to its check).
+
 Likely bugs are recognised by recomputing, on the same inputs, what each known bug produces:
 a wrong answer that equals one of them is named in the failure message.
 """
@@ -18,15 +22,18 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from course_lib.attention import softmax
 from course_lib.checks.core import (
     CheckFailed,
     as_tensor,
+    call_on_copies,
     expect,
     expect_close,
+    expect_copies_unchanged,
     expect_shape,
-    expect_unchanged,
     generator,
     graded_alone,
+    private_copies,
     randn,
     run,
 )
@@ -66,9 +73,7 @@ def check_padding_mask(fn, valid_lens: Sequence[int] = (3, 0, 5, 1), S: int = 5)
     expected = positions[None, :] < lens[:, None]  # (B, S)
 
     def builds_the_mask():
-        before = lens.clone()
-        got = fn(lens, S)
-        expect_unchanged({"valid_lens": before}, {"valid_lens": lens})
+        got = call_on_copies(lambda valid_lens: fn(valid_lens, S), {"valid_lens": lens})
         _expect_mask(
             got,
             expected,
@@ -150,55 +155,22 @@ def check_causal_mask(fn, L: int = 4) -> None:
     )
 
 
-# --------------------------------------------------------------------- attention oracle
+# ------------------------------------------------------------------------- likely bugs
 
 
-def _reference_softmax(scores, dim=-1):
-    return torch.softmax(scores, dim)
-
-
-def _weights(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    mask: torch.Tensor | None = None,
-    *,
-    scale: float | None = None,
-    dim: int = -1,
-    fill: float = NEG_INF,
-    after: bool = False,
-    zero_empty_rows: bool = True,
-) -> torch.Tensor:
-    """Attention weights in float64 by torch.softmax of scores computed here.
-
-    The keyword arguments reproduce known bugs: another ``scale``, the softmax over another
-    ``dim``, a finite ``fill``, the mask applied ``after`` the softmax, fully masked rows
-    left as the softmax makes them (``zero_empty_rows=False``).
-    """
-    q, k = q.double(), k.double()
-    scale = math.sqrt(q.shape[-1]) if scale is None else scale
-    scores = q @ k.transpose(-2, -1) / scale  # (..., L, S)
-    if mask is not None and not after:
-        scores = scores.masked_fill(~mask, fill)
-    weights = torch.softmax(scores, dim)
-    if mask is not None and after:
-        weights = weights * mask
-    if mask is not None and zero_empty_rows:
-        weights = weights.masked_fill(~mask.any(-1, keepdim=True), 0.0).nan_to_num(0.0)
-    return weights
-
-
-def _likely_weights(q, k, v, mask) -> dict[str, torch.Tensor]:
-    """What each known bug makes of the weights, on these inputs."""
+def _likely_weights(oracle, q, k, v, mask) -> dict[str, torch.Tensor]:
+    """What each known bug makes of the weights, on these inputs (``oracle``: the check's
+    own oracle, with keyword arguments that reproduce the bugs)."""
     D, S, Dv = q.shape[-1], k.shape[-2], v.shape[-1]
     bugs = {
-        "a missing 1/√D scaling (scores = Q Kᵀ, not Q Kᵀ / √D)": _weights(q, k, mask, scale=1.0),
-        "scores divided by D instead of √D": _weights(q, k, mask, scale=D),
+        "a missing 1/√D scaling (scores = Q Kᵀ, not Q Kᵀ / √D)": oracle(q, k, mask, scale=1.0),
+        "scores divided by D instead of √D": oracle(q, k, mask, scale=D),
         f"scores scaled by √Dv = √{Dv} (the value width) instead of √D = √{D} (the query/key "
-        "width, query.shape[-1])": _weights(q, k, mask, scale=math.sqrt(Dv)),
-        f"scores scaled by √S = √{S} (the number of keys) instead of √D = √{D}": _weights(
+        "width, query.shape[-1])": oracle(q, k, mask, scale=math.sqrt(Dv)),
+        f"scores scaled by √S = √{S} (the number of keys) instead of √D = √{D}": oracle(
             q, k, mask, scale=math.sqrt(S)
         ),
-        "the softmax over the query axis (dim=-2) instead of the key axis (dim=-1)": _weights(
+        "the softmax over the query axis (dim=-2) instead of the key axis (dim=-1)": oracle(
             q, k, mask, dim=-2
         ),
     }
@@ -207,21 +179,21 @@ def _likely_weights(q, k, v, mask) -> dict[str, torch.Tensor]:
     bugs.update(
         {
             "an inverted mask: True means 'may attend', so fill the scores where the mask is "
-            "False (~attn_mask)": _weights(q, k, ~mask),
+            "False (~attn_mask)": oracle(q, k, ~mask),
             "the mask applied after the softmax: masked keys were zeroed but the rows no longer "
-            "sum to 1; fill masked scores with -inf before the softmax": _weights(
+            "sum to 1; fill masked scores with -inf before the softmax": oracle(
                 q, k, mask, after=True
             ),
             "a fill value too weak for large scores (-1e4): use float('-inf') or "
-            "torch.finfo(dtype).min": _weights(q, k, mask, fill=-1e4),
+            "torch.finfo(dtype).min": oracle(q, k, mask, fill=-1e4),
             "a fully masked row (no allowed key) getting uniform weights: a finite fill makes "
-            "all its scores equal; set such rows' weights to zero after the softmax": _weights(
+            "all its scores equal; set such rows' weights to zero after the softmax": oracle(
                 q, k, mask, fill=torch.finfo(F64).min, zero_empty_rows=False
             ),
         }
     )
     try:  # only where the transposed mask still broadcasts, e.g. (B, 1, S) in self-attention
-        transposed = _weights(q, k, mask.transpose(-2, -1))
+        transposed = oracle(q, k, mask.transpose(-2, -1))
     except RuntimeError:
         pass
     else:
@@ -235,10 +207,6 @@ def _likely_weights(q, k, v, mask) -> dict[str, torch.Tensor]:
 
 def _likely_outputs(bugs: Mapping[str, torch.Tensor], v: torch.Tensor) -> dict[str, torch.Tensor]:
     return {diagnosis: w @ v.double() for diagnosis, w in bugs.items()}
-
-
-def _oracle_output(q, k, v, mask=None) -> torch.Tensor:
-    return F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=mask)
 
 
 # ---------------------------------------------------------------------- attention check
@@ -258,6 +226,40 @@ def check_scaled_dot_product_attention(
 
     Shapes: query (*batch, L, D), key (*batch, S, D), value (*batch, S, Dv).
     """
+
+    # The oracles are local: nothing importable computes attention for a caller's inputs.
+    def oracle_weights(
+        q: torch.Tensor,
+        k: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        *,
+        scale: float | None = None,
+        dim: int = -1,
+        fill: float = NEG_INF,
+        after: bool = False,
+        zero_empty_rows: bool = True,
+    ) -> torch.Tensor:
+        """Attention weights in float64 by torch.softmax of scores computed here.
+
+        The keyword arguments reproduce known bugs: another ``scale``, the softmax over another
+        ``dim``, a finite ``fill``, the mask applied ``after`` the softmax, fully masked rows
+        left as the softmax makes them (``zero_empty_rows=False``).
+        """
+        q, k = q.double(), k.double()
+        scale = math.sqrt(q.shape[-1]) if scale is None else scale
+        scores = q @ k.transpose(-2, -1) / scale  # (..., L, S)
+        if mask is not None and not after:
+            scores = scores.masked_fill(~mask, fill)
+        weights = torch.softmax(scores, dim)
+        if mask is not None and after:
+            weights = weights * mask
+        if mask is not None and zero_empty_rows:
+            weights = weights.masked_fill(~mask.any(-1, keepdim=True), 0.0).nan_to_num(0.0)
+        return weights
+
+    def oracle_output(q, k, v, mask=None) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=mask)
+
     gen = generator(seed)
     q, k = randn(gen, *batch, L, D, dtype=dtype), randn(gen, *batch, S, D, dtype=dtype)
     v = randn(gen, *batch, S, Dv, dtype=dtype)
@@ -278,18 +280,22 @@ def check_scaled_dot_product_attention(
     tol = 1e-5 if dtype == F64 else 1e-4
     shape_w, shape_o = (*batch, L, S), (*batch, L, Dv)
 
-    def call(query, key, value, mask=None):
-        inputs = {"query": query, "key": key, "value": value, "attn_mask": mask}
-        inputs = {name: t for name, t in inputs.items() if t is not None}
-        before = {name: t.detach().clone() for name, t in inputs.items()}
-        with graded_alone(fn, softmax=_reference_softmax):
-            result = fn(query, key, value) if mask is None else fn(query, key, value, mask)
-        expect_unchanged(before, {name: t.detach() for name, t in inputs.items()})
+    def call(query, key, value, mask=None, grad=False):
+        """``fn`` on private copies (with ``grad``, made leaves that require grad); returns
+        its result and the copies of query, key and value."""
+        originals = {"query": query, "key": key, "value": value, "attn_mask": mask}
+        copies = private_copies(originals)
+        leaves = [copies[name].requires_grad_(grad) for name in ("query", "key", "value")]
+        # the student's cell calls chapter 1's softmax: the library's stands in for it (it can
+        # be imported in the sandbox, so gradients flow through it there)
+        with graded_alone(fn, softmax=softmax):
+            result = fn(*[c for c in copies.values() if c is not None])
+        expect_copies_unchanged(originals, copies)
         expect(
             isinstance(result, tuple) and len(result) == 2,
             "scaled_dot_product_attention must return a tuple (output, weights)",
         )
-        return result
+        return (result, leaves) if grad else result
 
     def expect_attention(got, query, key, value, mask, what, atol=tol):
         out, w = got
@@ -302,11 +308,11 @@ def check_scaled_dot_product_attention(
                 "finite placeholder score (e.g. 0) before the softmax and zero their weights "
                 "after: a fully masked row returns zero weights and a zero output."
             )
-        bugs = _likely_weights(query, key, value, mask)
-        expect_close(w, _weights(query, key, mask), f"weights {what}", bugs, atol=atol)
+        bugs = _likely_weights(oracle_weights, query, key, value, mask)
+        expect_close(w, oracle_weights(query, key, mask), f"weights {what}", bugs, atol=atol)
         expect_close(
             out,
-            _oracle_output(query, key, value, mask),
+            oracle_output(query, key, value, mask),
             f"output {what} (compared with F.scaled_dot_product_attention)",
             _likely_outputs(bugs, value),
             atol=atol,
@@ -389,8 +395,7 @@ def check_scaled_dot_product_attention(
 
     def finite_gradients():
         g = randn(gen, *shape_o, dtype=F64)
-        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-        out, _ = call(*leaves, general)
+        (out, _), leaves = call(q, k, v, general, grad=True)
         (out.double() * g).sum().backward()
         oracle = [t.detach().double().requires_grad_() for t in (q, k, v)]
         (F.scaled_dot_product_attention(*oracle, attn_mask=general) * g).sum().backward()

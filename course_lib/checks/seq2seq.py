@@ -2,18 +2,20 @@
 sequence loss and greedy decoding.
 
 Oracles never come from course_lib's reference. Additive attention and the decoder step are
-recomputed here by hand in float64 from the parameters the check itself loaded into the
-student's module (the score ``vᵀ tanh(W_q q + W_k k)``, a GRU cell written out gate by gate);
-the loss is compared with ``F.cross_entropy(..., ignore_index=pad_id)``. Each exercise is
-graded on its own: the step runs with an oracle attention in place of ``self.attention``, and
-the loss and greedy decoding run against scripted stand-in models whose behaviour is known
-exactly.
+recomputed here by hand in float64 (the score ``vᵀ tanh(W_q q + W_k k)``, a GRU cell written
+out gate by gate) from parameters the check draws itself and loads strictly into the student's
+module, never from what the module reports; the loss is compared with
+``F.cross_entropy(..., ignore_index=pad_id)``. Every call hands the student's code private
+copies of its inputs (verified unchanged after the call). Each exercise is graded on its own:
+the step runs with a stand-in in place of ``self.attention`` that answers only the one call a
+correct step makes, and the loss and greedy decoding run against scripted stand-in models.
 
-The checks only talk to the student's objects by calling them and by plain attribute reads
-and writes (parameters go in through ``load_state_dict``), and the stand-ins verify what they
-are given themselves, raising :class:`CheckFailed` on the spot. So the checks work the same
-when the student's code runs in another process, as under the trusted grading command, where
-the stand-ins travel to that process by value.
+No importable code computes an exercise's answer: the attention stand-in holds the answer for
+its probe's inputs only, and computes nothing. The stand-ins expose only the interface they
+stand in for (their script is name-mangled private, which the trusted grader never serves),
+and verify what they are given themselves, raising :class:`CheckFailed` on the spot. So the
+checks work the same when the student's code runs in another process, as under the trusted
+grading command, where the torch modules among them travel to that process by value.
 
 Likely bugs are recognised by recomputing, on the same inputs, what each known bug produces:
 a wrong answer that equals one of them is named in the failure message.
@@ -33,9 +35,12 @@ from course_lib.checks.core import (
     as_tensor,
     expect,
     expect_close,
+    expect_copies_unchanged,
     expect_shape,
-    expect_unchanged,
     generator,
+    load_parameters,
+    parameter_values,
+    private_copies,
     randn,
     run,
 )
@@ -54,92 +59,58 @@ def _lengths(B: int, S: int) -> list[int]:
     return [S] + [max(1, S - 1 - b) for b in range(1, B)]
 
 
-def _load_parameters(module, gen: torch.Generator, scale: float = 0.6) -> dict[str, torch.Tensor]:
-    """Give every floating tensor of ``module``'s state seeded values, via ``load_state_dict``.
-
-    Returns the values loaded, as float64 (the oracle's copy), keyed like the state dict.
-    """
-    state = module.state_dict()
-    new, loaded = {}, {}
-    for name in sorted(state):
-        value = state[name]
-        if isinstance(value, torch.Tensor) and value.is_floating_point():
-            value = (torch.randn(tuple(value.shape), generator=gen, dtype=F64) * scale).to(
-                value.dtype
-            )
-        new[name] = value
-        loaded[name] = value.double() if isinstance(value, torch.Tensor) else value
-    module.load_state_dict(new)
-    return loaded
-
-
-def _require(loaded: dict, name: str, what: str) -> torch.Tensor:
-    if name not in loaded:
-        raise CheckFailed(
-            f"{what} has no parameter {name!r}: keep the layers that __init__ creates "
-            "(the checks set their weights)"
-        )
-    return loaded[name]
-
-
-def _masked_softmax(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Softmax over the last axis with masked keys at exactly 0; a row with no key gives 0."""
-    if mask is None:
-        return torch.softmax(scores, -1)
-    weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), -1)
-    return torch.where(mask.any(-1, keepdim=True), weights, 0.0).masked_fill(~mask, 0.0)
-
-
-def additive_scores(Wq, Wk, v, query, keys) -> torch.Tensor:
-    """``e[b, j] = vᵀ tanh(W_q q_b + W_k k_bj)`` by hand, float64.
-
-    Shape: Wq (A, Dq), Wk (A, Dk), v (1, A), query (B, Dq), keys (B, S, Dk) -> (B, S)
-    """
-    features = torch.tanh((query.double() @ Wq.T)[:, None, :] + keys.double() @ Wk.T)
-    return features @ v.reshape(-1)  # (B, S, A) @ (A,) -> (B, S)
-
-
 # ------------------------------------------------------------------------ additive attention
 
 
-def _call_attention(module, query, keys, values, mask):
-    result = module(query, keys, values, mask)
+def _on_copies(fn, inputs: dict, grad: tuple[str, ...] = ()):
+    """``fn`` on private copies of ``inputs`` (positionally, in order; those named in ``grad``
+    made leaves that require grad), checked unchanged after; returns the result and the
+    copies."""
+    copies = private_copies(inputs)
+    for name in grad:
+        copies[name].requires_grad_()
+    result = fn(*copies.values())
+    expect_copies_unchanged(inputs, copies)
+    return result, copies
+
+
+def _call_attention(module, query, keys, values, mask, grad: tuple[str, ...] = ()):
+    inputs = {"query": query, "keys": keys, "values": values, "mask": mask}
+    result, copies = _on_copies(module, inputs, grad)
     expect(
         isinstance(result, tuple) and len(result) == 2,
         "forward must return a tuple (context, weights)",
     )
-    return result
+    return (result, copies) if grad else result
 
 
 def check_additive_attention(
     cls, B=2, S=5, Dq=3, Dk=4, Dv=4, A=6, dtype=torch.float32, seed=0
 ) -> None:
     """``cls(query_size, key_size, attention_size)`` computes Bahdanau's additive attention."""
+
     gen = generator(seed)
+    shapes = {"W_query.weight": (A, Dq), "W_key.weight": (A, Dk), "v.weight": (1, A)}
+    state = parameter_values(gen, shapes, dtype)
     module = cls(Dq, Dk, A).to(dtype)
-    loaded = _load_parameters(module, gen)
-    Wq, Wk, v = (
-        _require(loaded, name, "the attention module")
-        for name in ("W_query.weight", "W_key.weight", "v.weight")
-    )
+    load_parameters(module, state, "your AdditiveAttention")
+    Wq, Wk, v = (state[name].double() for name in shapes)
     query, keys = randn(gen, B, Dq, dtype=dtype), randn(gen, B, S, Dk, dtype=dtype)
     values = randn(gen, B, S, Dv, dtype=dtype)
     lengths = _lengths(B, S)
     mask = _mask(lengths, S)
-    scores = additive_scores(Wq, Wk, v, query, keys)  # (B, S)
+    # The oracle is computed here, inline: nothing importable computes additive attention.
+    projected = (query.double() @ Wq.T)[:, None, :] + keys.double() @ Wk.T  # (B, S, A)
+    scores = torch.tanh(projected) @ v.reshape(-1)  # e[b, j] = vᵀ tanh(W_q q_b + W_k k_bj)
     weights = torch.softmax(scores, -1)
-    masked = _masked_softmax(scores, mask)
-    no_tanh = ((query.double() @ Wq.T)[:, None, :] + keys.double() @ Wk.T) @ v.reshape(-1)
+    masked = torch.softmax(scores.masked_fill(~mask, float("-inf")), -1)  # every row has a key
+    no_tanh = projected @ v.reshape(-1)
 
     def worked_example():
         small = cls(2, 2, 2).double()
-        small.load_state_dict(
-            {
-                "W_query.weight": torch.eye(2, dtype=F64),
-                "W_key.weight": torch.eye(2, dtype=F64),
-                "v.weight": torch.ones(1, 2, dtype=F64),
-            }
-        )
+        eye = torch.eye(2, dtype=F64)
+        identity = {"W_query.weight": eye, "W_key.weight": eye, "v.weight": torch.ones(1, 2)}
+        load_parameters(small, identity, "your AdditiveAttention")
         q = torch.tensor([[0.7, 0.3]], dtype=F64)
         k = torch.tensor([[[0.8, 0.2], [0.1, 0.9], [0.5, 0.5]]], dtype=F64)
         by_hand = [math.tanh(0.7 + a) + math.tanh(0.3 + b) for a, b in k[0].tolist()]
@@ -161,7 +132,6 @@ def check_additive_attention(
         )
 
     def matches_bahdanau():
-        before = {"query": query.clone(), "keys": keys.clone(), "values": values.clone()}
         context, got = _call_attention(module, query, keys, values, None)
         expect(
             tuple(getattr(got, "shape", ())) != (S, B) or B == S,
@@ -189,7 +159,6 @@ def check_additive_attention(
         )
         expect(got.dtype == dtype, f"weights have dtype {got.dtype}, expected {dtype}")
         expect(context.dtype == dtype, f"context has dtype {context.dtype}, expected {dtype}")
-        expect_unchanged(before, {"query": query, "keys": keys, "values": values})
 
     def context_is_weighted_values():
         context, _ = _call_attention(module, query, keys, values, None)
@@ -209,8 +178,6 @@ def check_additive_attention(
         )
 
     def padding_keys_get_zero_weight():
-        before = {"query": query.clone(), "keys": keys.clone(), "values": values.clone()}
-        before_mask = mask.clone()
         context, got = _call_attention(module, query, keys, values, mask)
         expect_shape(got, (B, S), "weights")
         leaked = got.detach()[~mask]
@@ -238,8 +205,6 @@ def check_additive_attention(
             torch.einsum("bs,bsd->bd", masked, values.double()),
             f"context with valid lengths {lengths}",
         )
-        expect(torch.equal(before_mask, mask), "mask was modified in place")
-        expect_unchanged(before, {"query": query, "keys": keys, "values": values})
 
     def padded_positions_change_nothing():
         noisy_keys, noisy_values = keys.clone(), values.clone()
@@ -271,8 +236,9 @@ def check_additive_attention(
         expect_close(got[:-1], masked[:-1], "the other rows' weights")
 
     def differentiable():
-        q, k, val = (t.clone().requires_grad_(True) for t in (query, keys, values))
-        context, got = _call_attention(module, q, k, val, mask)
+        grad = ("query", "keys", "values")
+        (context, got), copies = _call_attention(module, query, keys, values, mask, grad)
+        q, k, val = (copies[name] for name in grad)
         expect(
             context.requires_grad and got.requires_grad,
             "the context and weights do not require grad: compute them with the module's "
@@ -305,46 +271,60 @@ def check_additive_attention(
 # ----------------------------------------------------------------------- the decoder's step
 
 
-class OracleAttention(nn.Module):
-    """Additive attention computed by hand in float64; it records how the decoder calls it.
+class AttentionStandIn(nn.Module):
+    """Stands in for the decoder's ``self.attention`` while the step is graded: it answers
+    only the call a correct step makes in its probe (query = the previous state, keys = values
+    = the encoder states, the padding mask), with the context and weights the check computed,
+    and refuses any other call with the diagnosis. It holds no parameters and computes no
+    attention, so it is no solution to the attention exercise."""
 
-    It stands in for the decoder's ``self.attention``, so the step is graded on its own, and
-    it recognises a query of the wrong width (an encoder state) while the step runs.
-    """
-
-    def __init__(self, Dq: int, Dk: int, A: int):
+    def __init__(self, state, memory, mask, context, weights):
         super().__init__()
-        self.Dq, self.Dk = Dq, Dk
-        self.W_query = nn.Linear(Dq, A, bias=False)
-        self.W_key = nn.Linear(Dk, A, bias=False)
-        self.v = nn.Linear(A, 1, bias=False)
-        self.calls: list[dict] = []
+        # its own copies, and copies handed out: nothing the student's code does to what it
+        # gets can reach the check's tensors
+        self.__expected = {"state": state.clone(), "memory": memory.clone(), "mask": mask.clone()}
+        self.__answer = (context.clone(), weights.clone())
 
     def forward(self, query, keys, values, mask=None):
-        if not isinstance(query, torch.Tensor) or query.dim() != 2 or query.shape[-1] != self.Dq:
+        state, memory = self.__expected["state"], self.__expected["memory"]
+        if not isinstance(query, torch.Tensor) or query.shape != state.shape:
             shape = tuple(query.shape) if isinstance(query, torch.Tensor) else type(query)
             hint = (
                 ": that is the width of the encoder states — the query must be the previous "
                 "decoder state s_{t-1} (the `state` argument)"
-                if isinstance(query, torch.Tensor) and query.shape[-1] == self.Dk
+                if isinstance(query, torch.Tensor) and query.shape[-1:] == memory.shape[-1:]
                 else ""
             )
             raise CheckFailed(
                 f"the attention was called with a query of shape {shape}, expected the "
-                f"decoder state (B, D) with D={self.Dq}{hint}"
+                f"decoder state {tuple(state.shape)}{hint}"
             )
-        self.calls.append(
-            {
-                "query": query.detach().clone(),
-                "keys": keys.detach().clone(),
-                "values": values.detach().clone(),
-                "mask": None if mask is None else mask.clone(),
-            }
+        if not torch.allclose(query.detach().double(), state.double(), atol=1e-6):
+            raise CheckFailed(
+                "the attention's query is not the previous decoder state s_{t-1}: pass the "
+                "`state` argument as the query, before the GRU updates the state"
+            )
+        for name, given in (("keys", keys), ("values", values)):
+            expect(
+                isinstance(given, torch.Tensor)
+                and given.shape == memory.shape
+                and bool(torch.equal(given.detach(), memory)),
+                f"the attention's {name} must be the encoder states `memory`",
+            )
+        expect(
+            mask is not None,
+            "the padding mask was not passed to the attention: padded source positions "
+            "would get weight (pass `mask`)",
         )
-        Wq, Wk, v = (p.double() for p in (self.W_query.weight, self.W_key.weight, self.v.weight))
-        weights = _masked_softmax(additive_scores(Wq, Wk, v, query, keys), mask)
-        context = torch.einsum("bs,bsd->bd", weights.to(values.dtype), values)
-        return context, weights.to(values.dtype)
+        expected_mask = self.__expected["mask"]
+        expect(
+            isinstance(mask, torch.Tensor)
+            and mask.shape == expected_mask.shape
+            and bool(torch.equal(mask, expected_mask)),
+            "the attention got a different mask than the step's `mask`",
+        )
+        context, weights = self.__answer
+        return context.to(values.dtype, copy=True), weights.to(values.dtype, copy=True)
 
 
 def _gru_cell(x, h, w_ih, w_hh, b_ih, b_hh) -> torch.Tensor:
@@ -369,15 +349,22 @@ def check_decoder_step(cls, B=2, S=5, V=7, E=3, Dk=6, D=4, A=5, dtype=torch.floa
             f"the decoder has no layer {name!r}: keep the layers that __init__ creates "
             "(the checks set their weights)",
         )
-    decoder.attention = OracleAttention(D, Dk, A)
-    decoder = decoder.to(dtype)
-    p = _load_parameters(decoder, gen)
-    what = "the decoder"
-    emb = _require(p, "embedding.weight", what)
-    rnn = [_require(p, f"rnn.{n}", what) for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-    Wc, bc = (_require(p, f"combine.{n}", what) for n in ("weight", "bias"))
-    Wo, bo = (_require(p, f"out.{n}", what) for n in ("weight", "bias"))
-    Wq, Wk, v = (_require(p, f"attention.{n}.weight", what) for n in ("W_query", "W_key", "v"))
+    layer_shapes = {
+        "embedding.weight": (V, E),
+        "rnn.weight_ih": (3 * D, E + Dk),
+        "rnn.weight_hh": (3 * D, D),
+        "rnn.bias_ih": (3 * D,),
+        "rnn.bias_hh": (3 * D,),
+        "combine.weight": (D, Dk + D),
+        "combine.bias": (D,),
+        "out.weight": (V, D),
+        "out.bias": (V,),
+    }
+    state_dict = parameter_values(gen, layer_shapes, dtype)
+    p = {name: t.double() for name, t in state_dict.items()}
+    emb = p["embedding.weight"]
+    rnn = [p[f"rnn.{n}"] for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+    Wc, bc, Wo, bo = p["combine.weight"], p["combine.bias"], p["out.weight"], p["out.bias"]
 
     prev = torch.randint(3, V, (B,), generator=gen)
     prev[0] = BOS_ID  # the first step of a sequence
@@ -386,32 +373,30 @@ def check_decoder_step(cls, B=2, S=5, V=7, E=3, Dk=6, D=4, A=5, dtype=torch.floa
     lengths = _lengths(B, S)
     mask = _mask(lengths, S)
 
-    def attend(query, use_mask=True):
-        weights = _masked_softmax(
-            additive_scores(Wq, Wk, v, query, memory), mask if use_mask else None
-        )
-        return torch.einsum("bs,bsd->bd", weights, memory.double()), weights
-
     x = emb[prev]  # (B, E)
     s_prev = state.double()
-    context, alpha = attend(s_prev)
+    # any attention distribution over the real keys will do: the stand-in returns it
+    alpha = torch.softmax(randn(gen, B, S, dtype=F64).masked_fill(~mask, float("-inf")), -1)
+    context = torch.einsum("bs,bsd->bd", alpha, memory.double())
     s_new = _gru_cell(torch.cat([x, context], -1), s_prev, *rnn)
     logits = torch.tanh(torch.cat([context, s_new], -1) @ Wc.T + bc) @ Wo.T + bo
-    unmasked_context = attend(s_prev, use_mask=False)[0]
-    unmasked_state = _gru_cell(torch.cat([x, unmasked_context], -1), s_prev, *rnn)
+    # the student's own attention is graded on its own: this one answers the probe's call
+    decoder.attention = AttentionStandIn(state, memory, mask, context, alpha)
+    decoder = decoder.to(dtype)
+    load_parameters(decoder, state_dict, "your AttentionDecoder")
 
     def readout(ctx, s, tanh=True):
         hidden = torch.cat([ctx, s], -1) @ Wc.T + bc
         return (torch.tanh(hidden) if tanh else hidden) @ Wo.T + bo
 
-    def call(*args):
-        decoder.attention.calls = []
-        result = decoder.step(*(args or (prev, state, memory, mask)))
+    def call(grad: tuple[str, ...] = ()):
+        inputs = {"prev": prev, "state": state, "memory": memory, "mask": mask}
+        result, copies = _on_copies(decoder.step, inputs, grad)
         expect(
             isinstance(result, tuple) and len(result) == 3,
             "step must return a tuple (logits, state, weights)",
         )
-        return result
+        return (result, copies) if grad else result
 
     def shapes():
         got_logits, got_state, got_weights = call()
@@ -420,41 +405,9 @@ def check_decoder_step(cls, B=2, S=5, V=7, E=3, Dk=6, D=4, A=5, dtype=torch.floa
         expect_shape(got_weights, (B, S), "weights")
 
     def attention_called_right():
-        call()
-        calls = decoder.attention.calls
-        expect(
-            len(calls) >= 1,
-            "step never called self.attention: compute the context with the attention "
-            "module (it is graded separately)",
-        )
-        for made in calls:
-            if torch.equal(made["query"], state):
-                continue
-            if made["query"].shape == s_new.shape and torch.allclose(
-                made["query"].double(), s_new, atol=1e-5
-            ):
-                raise CheckFailed(
-                    "the query is the new state s_t: attend with the previous state s_{t-1} "
-                    "(the `state` argument), before the GRU updates it"
-                )
-            raise CheckFailed(
-                "the attention's query is not the previous decoder state s_{t-1}: pass the "
-                "`state` argument as the query"
-            )
-        first = calls[0]
-        expect(
-            torch.equal(first["keys"], memory) and torch.equal(first["values"], memory),
-            "the attention's keys and values must both be the encoder states `memory`",
-        )
-        expect(
-            first["mask"] is not None,
-            "the padding mask was not passed to the attention: padded source positions "
-            "would get weight (pass `mask`)",
-        )
-        expect(torch.equal(first["mask"], mask), "the attention got a different mask")
+        call()  # the stand-in checks the query, keys, values and mask itself
 
     def new_state():
-        before = {"state": state.clone(), "memory": memory.clone(), "prev": prev.clone()}
         _, got, _ = call()
         expect_close(
             got,
@@ -464,11 +417,9 @@ def check_decoder_step(cls, B=2, S=5, V=7, E=3, Dk=6, D=4, A=5, dtype=torch.floa
                 "the previous state was returned: return the GRU's new state s_t": s_prev,
                 "the GRU input was concatenated as [a_t; E y_{t-1}] instead of "
                 "[E y_{t-1}; a_t]": _gru_cell(torch.cat([context, x], -1), s_prev, *rnn),
-                "the padding mask was not passed to the attention": unmasked_state,
             },
         )
         expect(got.dtype == dtype, f"the new state has dtype {got.dtype}, expected {dtype}")
-        expect_unchanged(before, {"state": state, "memory": memory, "prev": prev})
 
     def output_layer():
         got, _, _ = call()
@@ -488,9 +439,6 @@ def check_decoder_step(cls, B=2, S=5, V=7, E=3, Dk=6, D=4, A=5, dtype=torch.floa
                 ),
                 "the combine layer W_c was skipped (logits = W_o s_t)": s_new @ Wo.T + bo,
                 "softmax probabilities were returned instead of logits": torch.softmax(logits, -1),
-                "the padding mask was not passed to the attention": readout(
-                    unmasked_context, unmasked_state
-                ),
             },
         )
 
@@ -499,8 +447,8 @@ def check_decoder_step(cls, B=2, S=5, V=7, E=3, Dk=6, D=4, A=5, dtype=torch.floa
         expect_close(got, alpha, "weights (the attention distribution α_t over the source)")
 
     def differentiable():
-        s0 = state.clone().requires_grad_(True)
-        got_logits, got_state, _ = call(prev, s0, memory, mask)
+        (got_logits, got_state, _), copies = call(grad=("state",))
+        s0 = copies["state"]
         expect(
             got_logits.requires_grad and got_state.requires_grad,
             "the logits and the new state do not require grad: use the decoder's layers, "
@@ -533,24 +481,24 @@ def check_decoder_step(cls, B=2, S=5, V=7, E=3, Dk=6, D=4, A=5, dtype=torch.floa
 
 class ScriptedModel(nn.Module):
     """A stand-in seq2seq model for the loss: its logits depend on each decoder input token
-    and position, so feeding the wrong tokens changes the loss. It checks its decoder input
-    against the target it was built for, and fails with the diagnosis if it is not
-    ``tgt[:, :-1]``."""
+    and position (``by_token[token] + by_position[t]``), so feeding the wrong tokens changes
+    the loss. It checks its decoder input against the target it was built for, and fails with
+    the diagnosis if it is not ``tgt[:, :-1]``. Called once: a fresh one for every call."""
 
-    def __init__(self, tgt: torch.Tensor, V: int, gen: torch.Generator, dtype):
+    def __init__(self, tgt: torch.Tensor, by_token: torch.Tensor, by_position: torch.Tensor):
         super().__init__()
-        self.tgt = tgt.clone()
-        self.by_token = nn.Parameter(randn(gen, V, V, dtype=dtype) * 2)
-        self.by_position = nn.Parameter(randn(gen, tgt.shape[1] + 1, V, dtype=dtype))
-        self.n_calls = 0
+        self.__tgt = tgt.clone()
+        self.by_token = nn.Parameter(by_token.clone())
+        self.by_position = nn.Parameter(by_position.clone())
+        self.__called = False
 
     def forward(self, src, src_lens, tgt_in):
-        self.n_calls += 1
-        if self.n_calls > 1:
+        if self.__called:
             raise CheckFailed("the model was called more than once: one call gives every step")
+        self.__called = True
         if not isinstance(tgt_in, torch.Tensor) or tgt_in.dim() != 2:
             raise CheckFailed("the model must be called as model(src, src_lens, decoder_input)")
-        tgt = self.tgt
+        tgt = self.__tgt
         if tgt_in.shape == tgt[:, 1:].shape and torch.equal(tgt_in, tgt[:, 1:]):
             raise CheckFailed(
                 "teacher-forcing shift off by one: the decoder reads tgt[:, 1:], the very "
@@ -564,10 +512,7 @@ class ScriptedModel(nn.Module):
             )
         if tgt_in.shape != tgt[:, :-1].shape or not torch.equal(tgt_in, tgt[:, :-1]):
             raise CheckFailed("the decoder input must be tgt[:, :-1]: BOS, y_1, …, y_{L-1}")
-        return self.logits(tgt_in)
-
-    def logits(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.by_token[tokens] + self.by_position[: tokens.shape[1]]  # (B, L, V)
+        return self.by_token[tgt_in] + self.by_position[: tgt_in.shape[1]]  # (B, L, V)
 
 
 def _targets(gen, lengths: Sequence[int], V: int, pad_id: int, special: set[int]):
@@ -588,11 +533,12 @@ def check_sequence_loss(fn, B=3, L=6, V=9, S=4, pad_id=PAD_ID, dtype=torch.float
     tgt = _targets(gen, lengths, V, pad_id, {PAD_ID, BOS_ID, EOS_ID, pad_id})  # (B, L + 1)
     src = torch.randint(3, V, (B, S), generator=gen)
     src_lens = torch.tensor(_lengths(B, S))
-    model = ScriptedModel(tgt, V, gen, dtype)
+    # the stand-in's logits, drawn here: the oracle uses these, never the model's state
+    by_token = randn(gen, V, V, dtype=dtype) * 2
+    by_position = randn(gen, L + 1, V, dtype=dtype)
 
     def logits_for(tokens):
-        with torch.no_grad():
-            return model.logits(tokens).double()
+        return by_token.double()[tokens] + by_position.double()[: tokens.shape[1]]
 
     def ce(logits, labels, ignore=True):
         flat = logits.reshape(-1, logits.shape[-1])
@@ -608,9 +554,10 @@ def check_sequence_loss(fn, B=3, L=6, V=9, S=4, pad_id=PAD_ID, dtype=torch.float
     real = labels != pad_id
     per_sequence = ((per_token * real).sum(1) / real.sum(1)).mean()
 
-    def call():
-        model.n_calls = 0
-        got = fn(model, src, src_lens, tgt, pad_id=pad_id)
+    def call(token_logits=by_token):
+        model = ScriptedModel(tgt, token_logits, by_position)
+        inputs = {"src": src, "src_lens": src_lens, "tgt": tgt}
+        got, _ = _on_copies(lambda *args: fn(model, *args, pad_id=pad_id), inputs)
         expect(
             not isinstance(got, float | int),
             "the loss is a Python number: return the tensor (not .item()), so training "
@@ -622,7 +569,6 @@ def check_sequence_loss(fn, B=3, L=6, V=9, S=4, pad_id=PAD_ID, dtype=torch.float
         call()  # the stand-in model checks its input itself
 
     def matches_cross_entropy():
-        before = {"tgt": tgt.clone(), "src": src.clone(), "src_lens": src_lens.clone()}
         got = call()
         expect(got.dim() == 0, f"the loss must be a scalar tensor, got shape {tuple(got.shape)}")
         expect_close(
@@ -644,7 +590,6 @@ def check_sequence_loss(fn, B=3, L=6, V=9, S=4, pad_id=PAD_ID, dtype=torch.float
             },
             atol=1e-4,
         )
-        expect_unchanged(before, {"tgt": tgt, "src": src, "src_lens": src_lens})
 
     def backpropagates():
         got = call()
@@ -658,15 +603,11 @@ def check_sequence_loss(fn, B=3, L=6, V=9, S=4, pad_id=PAD_ID, dtype=torch.float
         got_before = call().detach()
         # A PAD input token is only ever fed at steps whose label is PAD too: changing its
         # logits changes the predictions at padded steps only.
-        with torch.no_grad():
-            model.by_token[pad_id] += 5.0
-        try:
-            got_after = call().detach()
-        finally:
-            with torch.no_grad():
-                model.by_token[pad_id] -= 5.0
+        shifted = by_token.clone()
+        shifted[pad_id] += 5.0
+        got_after = call(shifted)
         expect(
-            torch.allclose(got_before.double(), got_after.double(), atol=1e-5),
+            torch.allclose(got_before.double(), got_after.detach().double(), atol=1e-5),
             "the loss changed when only the predictions at padded positions changed: "
             "padding must not count (ignore_index=pad_id)",
         )
@@ -693,18 +634,19 @@ class ScriptedDecoder:
 
     A row keeps emitting ordinary tokens after its EOS, so a decoder that ignores EOS is
     caught by its output. The state is a step counter, so a state not passed on is caught; and
-    it refuses to run more than ``limit`` steps.
+    it refuses to run more than ``limit`` steps. Step t returns ``weights[t]`` as its attention
+    weights. Only ``encode`` and ``step`` are public: the interface it stands in for.
     """
 
-    def __init__(self, plans, eos_steps, V, S, limit, bos_id, gen):
-        self.plans, self.eos_steps, self.V, self.limit = plans, eos_steps, V, limit
-        self.bos_id = bos_id
-        self.B = len(plans)
-        self.memory = torch.randn(self.B, S, 5, generator=gen)
-        self.mask = torch.ones(self.B, S, dtype=torch.bool)
-        self.weights = torch.softmax(torch.randn(limit, self.B, S, generator=gen), -1)
-        self.encoded = 0
-        self.steps = 0
+    def __init__(self, plans, eos_steps, V, limit, bos_id, memory, mask, weights):
+        # name-mangled private: a greedy_decode that reads the script instead of calling step
+        # finds nothing (and the trusted grader serves no private attribute)
+        self.__plans, self.__eos_steps, self.__V, self.__limit = plans, eos_steps, V, limit
+        self.__bos_id = bos_id
+        self.__B = len(plans)
+        self.__memory, self.__mask, self.__weights = memory, mask, weights
+        self.__encoded = 0
+        self.__steps = 0
 
     @property
     def decoder(self):
@@ -714,20 +656,20 @@ class ScriptedDecoder:
         )
 
     def encode(self, src, src_lens):
-        self.encoded += 1
-        if self.encoded > 1:
+        self.__encoded += 1
+        if self.__encoded > 1:
             raise CheckFailed("model.encode was called more than once: encode once, then loop")
-        return self.memory, torch.zeros(self.B, 1), self.mask
+        return self.__memory, torch.zeros(self.__B, 1), self.__mask
 
     def step(self, prev, state, memory, mask):
-        t = self.steps
-        if t >= self.limit:
+        t = self.__steps
+        if t >= self.__limit:
             raise CheckFailed(
-                f"decoding ran past max_len: step was called more than {self.limit} times"
+                f"decoding ran past max_len: step was called more than {self.__limit} times"
             )
-        if self.encoded != 1:
+        if self.__encoded != 1:
             raise CheckFailed("call model.encode(src, src_lens) once, before the first step")
-        if not isinstance(prev, torch.Tensor) or tuple(prev.shape) != (self.B,):
+        if not isinstance(prev, torch.Tensor) or tuple(prev.shape) != (self.__B,):
             shape = tuple(prev.shape) if isinstance(prev, torch.Tensor) else type(prev).__name__
             raise CheckFailed(f"step got prev of shape {shape}, expected one token per row (B,)")
         if not (isinstance(state, torch.Tensor) and bool((state == t).all())):
@@ -735,28 +677,28 @@ class ScriptedDecoder:
                 f"at step {t} the model got a state that is not the one the previous step "
                 "returned: pass each step's new state to the next step"
             )
-        if not (torch.equal(memory, self.memory) and torch.equal(mask, self.mask)):
+        if not (torch.equal(memory, self.__memory) and torch.equal(mask, self.__mask)):
             raise CheckFailed("pass the memory and mask that model.encode returned to every step")
-        for b in range(self.B):
+        for b in range(self.__B):
             fed = int(prev[b])
-            if t == 0 and fed != self.bos_id:
+            if t == 0 and fed != self.__bos_id:
                 raise CheckFailed(
-                    f"the first decoder input must be bos_id={self.bos_id} for every row, "
+                    f"the first decoder input must be bos_id={self.__bos_id} for every row, "
                     f"got {prev.tolist()}"
                 )
-            running = self.eos_steps[b] is None or self.eos_steps[b] >= t
-            if t > 0 and running and fed != self.plans[b][t - 1]:
+            running = self.__eos_steps[b] is None or self.__eos_steps[b] >= t
+            if t > 0 and running and fed != self.__plans[b][t - 1]:
                 raise CheckFailed(
                     f"at step {t} row {b} was fed token {fed}, but the previous step's most "
-                    f"likely token was {self.plans[b][t - 1]}: feed back the argmax of the "
+                    f"likely token was {self.__plans[b][t - 1]}: feed back the argmax of the "
                     "logits (greedy decoding)"
                 )
-        logits = torch.zeros(self.B, self.V)
-        for b, plan in enumerate(self.plans):
+        logits = torch.zeros(self.__B, self.__V)
+        for b, plan in enumerate(self.__plans):
             logits[b, plan[t]] = 5.0
         logits[:, 3] = 1.0  # a runner-up, so the argmax is what matters, not the max value
-        self.steps += 1
-        return logits, state + 1, self.weights[t]
+        self.__steps += 1
+        return logits, state + 1, self.__weights[t].clone()  # a copy: the check keeps its own
 
 
 def check_greedy_decode(
@@ -781,15 +723,22 @@ def check_greedy_decode(
             if e is not None:
                 plan[e] = eos_id
             plans.append(plan)
-        model = ScriptedDecoder(plans, eos_steps, V, S, limit, bos_id, gen)
-        result = fn(model, src, src_lens, max_len, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id)
+        memory = torch.randn(B, S, 5, generator=gen)
+        weights = torch.softmax(torch.randn(limit, B, S, generator=gen), -1)
+        model = ScriptedDecoder(
+            plans, eos_steps, V, limit, bos_id, memory, torch.ones(B, S, dtype=torch.bool), weights
+        )
+        result, _ = _on_copies(
+            lambda *args: fn(model, *args, max_len, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id),
+            {"src": src, "src_lens": src_lens},
+        )
         expect(
             isinstance(result, tuple) and len(result) == 2,
             "greedy_decode must return a tuple (tokens, weights)",
         )
         tokens = as_tensor(result[0], "tokens")
         expect(tokens.dtype == torch.long, f"tokens have dtype {tokens.dtype}, expected long")
-        return model, plans, tokens, as_tensor(result[1], "weights")
+        return weights, plans, tokens, as_tensor(result[1], "weights")
 
     def expected_tokens(plans, eos_steps, T):
         out = torch.full((B, T), pad_id, dtype=torch.long)
@@ -802,7 +751,7 @@ def check_greedy_decode(
         decode(finishing, max_len)  # the stand-in checks BOS, argmax feedback and the state
 
     def stops_at_eos():
-        model, plans, tokens, weights = decode(finishing, max_len)
+        script, plans, tokens, weights = decode(finishing, max_len)
         T = max(finishing) + 1
         want = expected_tokens(plans, finishing, T)
         raw = torch.tensor([plan[: tokens.shape[1]] for plan in plans])
@@ -828,7 +777,7 @@ def check_greedy_decode(
         )
         expect_close(
             weights,
-            model.weights[:T].transpose(0, 1),
+            script[:T].transpose(0, 1),
             f"weights: each step's weights stacked on dim 1, shape (B, T, S) = {(B, T, S)}",
         )
 
