@@ -13,7 +13,8 @@ FLOPs utilisation (CUDA devices whose bf16 peak it knows), and the loss after th
 which must stay within 3% of the first rung's (a rung that is faster because it learns
 something else does not count; the larger batch may do better). ``--compile`` adds the
 compile rung on the CPU too, where its C++ compilation is slow; on CUDA it always runs.
-TF32 and fused AdamW change nothing on the CPU; they are kept so the ladder reads the same.
+TF32 changes nothing on the CPU (only CUDA matmuls have it); the rung is kept so the ladder
+reads the same everywhere.
 """
 
 from __future__ import annotations

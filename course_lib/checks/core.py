@@ -194,6 +194,17 @@ def generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def valid_lengths(B: int, S: int, gap: int = 1) -> list[int]:
+    """Distinct valid lengths for a padded batch, the first full: S, S-gap-1, S-gap-2, ...
+    (at least 1), so a probe sees real and padded positions in every row but the first."""
+    return [S] + [max(1, S - gap - b) for b in range(1, B)]
+
+
+def real_positions(lens: list[int] | torch.Tensor, S: int) -> torch.Tensor:
+    """(B, S) boolean, True on the first ``lens[b]`` positions of row b (True = may attend)."""
+    return torch.arange(S)[None, :] < torch.as_tensor(lens)[:, None]
+
+
 def randn(gen: torch.Generator, *shape: int, dtype=torch.float32) -> torch.Tensor:
     """Standard normal numbers drawn in float64 from ``gen``, then cast: the same values
     (up to rounding) whatever the dtype a check asks for."""

@@ -40,7 +40,9 @@ from course_lib.checks.core import (
     parameter_values,
     private_copies,
     randn,
+    real_positions,
     run,
+    valid_lengths,
 )
 
 F64 = torch.float64
@@ -113,8 +115,7 @@ def check_self_attention(
     state = parameter_values(gen, shapes, dtype)
     p = {name: t.double() for name, t in state.items()}
     x = randn(gen, B, L, d_input, dtype=dtype)
-    lens = torch.tensor([L] + [max(1, L - 1 - b) for b in range(1, B)])
-    pad = (torch.arange(L)[None, :] < lens[:, None])[:, None, :]  # (B, 1, L)
+    pad = real_positions(valid_lengths(B, L), L)[:, None, :]  # (B, 1, L)
     causal = torch.ones(L, L, dtype=torch.bool).tril()  # (L, L)
     tol = 1e-9 if dtype == F64 else 1e-4
 
@@ -514,8 +515,7 @@ def check_multi_head_attention(
     x = randn(gen, B, L, D, dtype=dtype)  # self-attention: L = S
     memory_k = randn(gen, B, S, kdim, dtype=dtype)
     memory_v = randn(gen, B, S, vdim, dtype=dtype)
-    lens = torch.tensor([S] + [max(1, S - 1 - b) for b in range(1, B)])
-    pad = (torch.arange(S)[None, :] < lens[:, None])[:, None, :]  # (B, 1, S)
+    pad = real_positions(valid_lengths(B, S), S)[:, None, :]  # (B, 1, S)
     causal = torch.ones(L, L, dtype=torch.bool).tril()  # (L, L)
     per_query = (torch.rand(B, L, S, generator=gen) < 0.5) & pad  # (B, L, S)
     per_query[..., 0] = True  # every query keeps a key

@@ -43,6 +43,7 @@ from course_lib.checks.core import (
     private_copies,
     randn,
     run,
+    valid_lengths,
 )
 
 F64 = torch.float64
@@ -52,11 +53,6 @@ PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
 def _mask(lengths: Sequence[int], S: int) -> torch.Tensor:
     """True = may attend: key j of row b is real when j < lengths[b]."""
     return torch.arange(S)[None, :] < torch.tensor(list(lengths))[:, None]  # (B, S)
-
-
-def _lengths(B: int, S: int) -> list[int]:
-    """Distinct valid lengths, the first full: S, S-2, S-3, ... (at least 1)."""
-    return [S] + [max(1, S - 1 - b) for b in range(1, B)]
 
 
 # ------------------------------------------------------------------------ additive attention
@@ -97,7 +93,7 @@ def check_additive_attention(
     Wq, Wk, v = (state[name].double() for name in shapes)
     query, keys = randn(gen, B, Dq, dtype=dtype), randn(gen, B, S, Dk, dtype=dtype)
     values = randn(gen, B, S, Dv, dtype=dtype)
-    lengths = _lengths(B, S)
+    lengths = valid_lengths(B, S)
     mask = _mask(lengths, S)
     # The oracle is computed here, inline: nothing importable computes additive attention.
     projected = (query.double() @ Wq.T)[:, None, :] + keys.double() @ Wk.T  # (B, S, A)
@@ -370,7 +366,7 @@ def check_decoder_step(cls, B=2, S=5, V=7, E=3, Dk=6, D=4, A=5, dtype=torch.floa
     prev[0] = BOS_ID  # the first step of a sequence
     state = randn(gen, B, D, dtype=dtype)
     memory = randn(gen, B, S, Dk, dtype=dtype)
-    lengths = _lengths(B, S)
+    lengths = valid_lengths(B, S)
     mask = _mask(lengths, S)
 
     x = emb[prev]  # (B, E)
@@ -532,7 +528,7 @@ def check_sequence_loss(fn, B=3, L=6, V=9, S=4, pad_id=PAD_ID, dtype=torch.float
     lengths = [L + 1] + [max(3, L + 1 - 2 * b) for b in range(1, B)]  # BOS ... EOS per row
     tgt = _targets(gen, lengths, V, pad_id, {PAD_ID, BOS_ID, EOS_ID, pad_id})  # (B, L + 1)
     src = torch.randint(3, V, (B, S), generator=gen)
-    src_lens = torch.tensor(_lengths(B, S))
+    src_lens = torch.tensor(valid_lengths(B, S))
     # the stand-in's logits, drawn here: the oracle uses these, never the model's state
     by_token = randn(gen, V, V, dtype=dtype) * 2
     by_position = randn(gen, L + 1, V, dtype=dtype)
@@ -709,7 +705,7 @@ def check_greedy_decode(
     specials = {bos_id, eos_id, pad_id, 3}
     ordinary = [i for i in range(4, V) if i not in specials]
     src = torch.randint(4, V, (B, S), generator=gen)
-    src_lens = torch.tensor(_lengths(B, S))
+    src_lens = torch.tensor(valid_lengths(B, S))
     # Row b emits EOS at step finishing[b]; every row finishes before max_len ...
     finishing = ([1, max_len - 3, 3] + [2] * B)[:B]
     # ... or row 1 never emits EOS.

@@ -32,7 +32,9 @@ from course_lib.checks.core import (
     load_parameters,
     parameter_values,
     randn,
+    real_positions,
     run,
+    valid_lengths,
 )
 
 F64 = torch.float64
@@ -240,17 +242,13 @@ def _build_layer(cls, D, H, F_, dropout, norm_first, state, dtype, what, norms):
     return module.eval()
 
 
-def _pad_mask(lens: list[int], S: int) -> torch.Tensor:
-    return torch.arange(S)[None, :] < torch.tensor(lens)[:, None]  # (B, S), True = real
-
-
 def check_encoder_layer(cls, B=2, L=5, D=8, H=2, F_=12, dtype=torch.float32, seed=0) -> None:
     """``cls(d_model, num_heads, d_ff, dropout, norm_first)`` equals
     ``nn.TransformerEncoderLayer`` with the same weights, post-LN and pre-LN."""
     gen = generator(seed)
     shapes = _layer_shapes(D, H, F_, cross=False)
-    lens = [L] + [max(1, L - 2 - b) for b in range(1, B)]
-    pad = _pad_mask(lens, L)[:, None, :]  # (B, 1, L)
+    lens = valid_lengths(B, L, gap=2)
+    pad = real_positions(lens, L)[:, None, :]  # (B, 1, L)
     x = randn(gen, B, L, D, dtype=dtype)
     tol = 1e-9 if dtype == F64 else 1e-4
 
@@ -334,8 +332,8 @@ def check_decoder_layer(cls, B=2, T=4, S=6, D=8, H=2, F_=12, dtype=torch.float32
     ``nn.TransformerDecoderLayer`` with the same weights, post-LN and pre-LN."""
     gen = generator(seed)
     shapes = _layer_shapes(D, H, F_, cross=True)
-    lens = [S] + [max(1, S - 2 - b) for b in range(1, B)]
-    memory_mask = _pad_mask(lens, S)[:, None, :]  # (B, 1, S)
+    lens = valid_lengths(B, S, gap=2)
+    memory_mask = real_positions(lens, S)[:, None, :]  # (B, 1, S)
     causal = torch.ones(T, T, dtype=torch.bool).tril()  # (T, T)
     x = randn(gen, B, T, D, dtype=dtype)
     memory = randn(gen, B, S, D, dtype=dtype)
@@ -491,10 +489,10 @@ def check_transformer(
     lens = [S] + [max(2, S - 1 - b) for b in range(1, B)]
     src_lens = torch.tensor(lens)
     src = torch.randint(4, V_src, (B, S), generator=gen)
-    src[_pad_mask(lens, S) == 0] = 0  # PAD_ID
+    src[~real_positions(lens, S)] = 0  # PAD_ID
     tgt_in = torch.randint(4, V_tgt, (B, T), generator=gen)
     tgt_in[:, 0] = 1  # BOS
-    pad = _pad_mask(lens, S)  # (B, S)
+    pad = real_positions(lens, S)  # (B, S)
     tol = 1e-9 if dtype == F64 else 2e-4
     stand_ins = {"EncoderLayer": TorchEncoderLayer, "DecoderLayer": TorchDecoderLayer}
     stand_ins["LayerNorm"] = nn.LayerNorm
