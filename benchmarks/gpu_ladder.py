@@ -83,10 +83,13 @@ def run_rung(flags: list[str], args, device: torch.device, out: Path) -> dict:
         raise SystemExit(f"{len(batches)} batches for {total} steps: raise --examples")
     batches = [to_device(b, device) for b in batches[:total]]
 
+    def loss_of(model, batch):
+        return train.loss_fn(model, batch, label_smoothing=0.0)
+
     def one_step(batch):
         with train.attention_kernels(run):
-            return train.train_step(trained, optimizer, scaler, [batch], autocast=autocast,
-                                    clip=1.0, label_smoothing=0.0)  # fmt: skip
+            return train.train_step(trained, optimizer, scaler, [batch], loss_of,
+                                    autocast=autocast, clip=1.0)  # fmt: skip
 
     start = time.perf_counter()
     for batch in batches[: args.warmup_steps]:

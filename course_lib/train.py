@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import time
 from collections.abc import Callable
@@ -39,6 +38,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from course_lib import data
 from course_lib.data import PAD_ID
+from course_lib.scaling import lr_factor, shard, train_step
 from course_lib.seq2seq import exact_match
 from course_lib.training import count_tokens, to_device
 from course_lib.transformer import Transformer
@@ -91,31 +91,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def lr_factor(schedule: str, step: int, warmup: int, total: int) -> float:
-    """The learning rate of ``step`` (0, 1, ...) as a fraction of the peak.
-
-    noam: the paper's (§5.3), d^-0.5 · min(s^-0.5, s · w^-1.5) with s = step + 1, scaled so its
-    peak, at s = w, is 1; cosine: linear warm-up to 1, then a half cosine to 0 at ``total``.
-    """
-    s = step + 1
-    if schedule == "constant":
-        return 1.0
-    if schedule == "noam":
-        return min(s / warmup, math.sqrt(warmup / s)) if warmup else 1 / math.sqrt(s)
-    if s <= warmup:
-        return s / warmup
-    progress = min(1.0, (s - warmup) / max(1, total - warmup))
-    return 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def shard(num_batches: int, rank: int, world: int) -> list[int]:
-    """The batch indices of ``rank`` in an epoch of ``num_batches``: every ``world``-th one, the
-    last incomplete round dropped so that every rank has the same number (DDP's all-reduce
-    waits for all of them)."""
-    usable = num_batches - num_batches % world
-    return list(range(rank, usable, world))
-
-
 def epoch_batches(examples, batch_size: int, seed: int, epoch: int) -> list[data.Batch]:
     """The same padded batches on every rank, in an order fixed by the seed and the epoch."""
     return list(data.make_batches(examples, batch_size, shuffle=True, seed=seed * 100_003 + epoch))
@@ -132,29 +107,13 @@ def loss_fn(model: nn.Module, batch: data.Batch, label_smoothing: float) -> torc
     )
 
 
-def train_step(model, optimizer, scaler, micro_batches, *, autocast, clip, label_smoothing):
-    """One optimizer step over ``micro_batches``: gradients accumulated (each loss divided by
-    their number), synchronised across ranks only on the last one (``no_sync``), unscaled
-    before clipping, then one optimizer step. Returns the mean loss over all ranks."""
-    optimizer.zero_grad(set_to_none=True)
-    ddp = isinstance(model, DistributedDataParallel)
-    total = 0.0
-    for i, batch in enumerate(micro_batches):
-        last = i == len(micro_batches) - 1
-        with model.no_sync() if ddp and not last else contextlib.nullcontext():
-            with autocast():  # the forward pass only: backward runs in the forward's dtypes
-                loss = loss_fn(model, batch, label_smoothing) / len(micro_batches)
-            scaler.scale(loss).backward()
-        total = total + loss.detach()
-    if ddp:  # the mean over every rank's micro-batches, for the log
-        dist.all_reduce(total)
-        total = total / dist.get_world_size()
-    scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-    if clip:
-        nn.utils.clip_grad_norm_(model.parameters(), clip)
-    scaler.step(optimizer)  # skipped by the scaler if a gradient is inf/nan
-    scaler.update()
-    return float(total)
+def mean_over_ranks(value: float, device: torch.device) -> float:
+    """The mean of ``value`` over all ranks (for the log: each rank knows its own loss)."""
+    if not dist.is_initialized():
+        return value
+    total = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return total.item() / dist.get_world_size()
 
 
 def setup(args) -> tuple[int, int, torch.device]:
@@ -258,7 +217,10 @@ def main(argv: list[str] | None = None) -> None:
         trained = torch.compile(trained)
     autocast = autocast_for(args, device)
 
-    per_epoch = len(shard(-(-len(train_set) // args.batch_size), rank, world)) // args.accumulate
+    def loss_of(model, batch):
+        return loss_fn(model, batch, args.label_smoothing)
+
+    per_epoch = -(-len(train_set) // args.batch_size) // world // args.accumulate
     if per_epoch == 0:
         raise SystemExit("fewer batches than ranks × --accumulate: lower --batch-size")
     main_rank = rank == 0
@@ -273,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     while step < stop:
         epoch, offset = divmod(step, per_epoch)
         batches = epoch_batches(train_set, args.batch_size, args.seed, epoch)
-        mine = [batches[i] for i in shard(len(batches), rank, world)]
+        mine = [batches[i] for i in shard(len(batches), rank, world, epoch, args.seed)]
         for k in range(offset, per_epoch):
             micro = mine[k * args.accumulate : (k + 1) * args.accumulate]
             group = [to_device(b, device) for b in micro]
@@ -282,8 +244,9 @@ def main(argv: list[str] | None = None) -> None:
             torch.manual_seed(args.seed * 1_000_003 + step * 1_009 + rank)  # this step's dropout
             start = time.perf_counter()
             with attention_kernels(args):
-                loss = train_step(trained, optimizer, scaler, group, autocast=autocast,
-                                  clip=args.clip, label_smoothing=args.label_smoothing)  # fmt: skip
+                loss = train_step(trained, optimizer, scaler, group, loss_of, autocast=autocast,
+                                  clip=args.clip or None)  # fmt: skip
+            loss = mean_over_ranks(loss, device)
             seconds += time.perf_counter() - start
             tokens += sum(count_tokens(b) for b in group) * world
             step += 1

@@ -29,6 +29,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+# Chapter 7 grows training with the pieces its exercises write into course_lib.scaling: the
+# warm-up schedules, the mixed-precision accumulated step and each data-parallel rank's shard.
+from course_lib.scaling import lr_factor, shard, train_step  # noqa: F401
+
 Batches = Callable[[int], Iterable[Any]] | Iterable[Any]
 
 

@@ -47,6 +47,9 @@ MODULE_DOCS = {
     "transformer": "The Transformer encoder-decoder: LayerNorm, the position-wise feed-forward\n"
     "network, encoder and decoder layers (post-LN and pre-LN) and the model behind chapter 3's\n"
     "encode/step interface.",
+    "scaling": "Scaling training up: the warm-up learning-rate schedules, one optimizer step with\n"
+    "mixed precision, gradient scaling and accumulation over micro-batches, and each\n"
+    "data-parallel rank's shard of an epoch.",
 }
 
 
