@@ -28,7 +28,7 @@ def _check_schedule(schedule: str, step: int, warmup: int, total: int) -> None:
 
 def lr_factor(schedule: str, step: int, warmup: int, total: int) -> float:
     """The learning rate of optimizer step ``step`` (0, 1, …, total − 1) as a fraction of the
-    peak learning rate. Both warm-up schedules count s = step + 1 and rise linearly,
+    peak learning rate. Both warm-up schedules take s as step + 1 and rise linearly,
     s / warmup, to exactly 1 at s = warmup (step warmup − 1); then
 
     * ``"noam"`` (Vaswani et al. 2017, §5.3): d^-0.5 · min(s^-0.5, s · warmup^-1.5), scaled

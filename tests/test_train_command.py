@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from course_lib import train
+from course_lib import ladder, train
 from course_lib.transformer import Transformer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -111,10 +111,8 @@ def test_mixed_precision_learns_what_fp32_learns(tmp_path, precision):
 
 
 def test_ladder_benchmark_runs_every_rung_and_checks_the_loss(capsys, tmp_path):
-    from benchmarks import gpu_ladder
-
-    results = gpu_ladder.main(["--quick", "--json", str(tmp_path / "ladder.json")])
-    assert [r["rung"] for r in results][:4] == [name for name, _ in gpu_ladder.RUNGS[:4]]
+    results = ladder.main(["--quick", "--json", str(tmp_path / "ladder.json")])
+    assert [r["rung"] for r in results][:4] == [name for name, _ in ladder.RUNGS[:4]]
     assert all(r["loss_ok"] and r["tokens_per_second"] > 0 for r in results)
     assert results[0]["speedup"] == 1.0
     saved = json.loads((tmp_path / "ladder.json").read_text())
