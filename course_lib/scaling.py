@@ -65,9 +65,9 @@ def train_step(model, optimizer, scaler, micro_batches, loss_fn,
     ``loss_fn(model, batch) / k`` inside ``with autocast():`` (the forward pass only) and
     backpropagate ``scaler.scale(loss)``, inside ``model.no_sync()`` for all but the last
     when the model has ``no_sync`` (DistributedDataParallel: the gradients are all-reduced
-    once, after the last micro-batch); then ``scaler.unscale_(optimizer)``, clip the gradient
-    norm to ``clip`` (if given), ``scaler.step(optimizer)`` (which skips the step when a
-    gradient is inf or NaN) and ``scaler.update()``.
+    once, after the last micro-batch); then unscale the gradients, clip their norm to
+    ``clip`` (if given), and step and update through the scaler (``scaler.step`` skips the
+    step when a gradient is inf or NaN; ``scaler.update`` adjusts the scale).
 
     Args:
         model: the module being trained (maybe wrapped in DistributedDataParallel).
