@@ -202,9 +202,10 @@ INTRANSITIVE = {
 }
 # Adjectives: English -> (Korean attributive form, kinds it describes, predicate forms or
 # None). "the dog is hungry" -> 개가 배고프다; the predicate is negated with 않다, not 않는다.
+# big/small describe no people: 큰어머니 and 작은아버지 are an aunt and an uncle.
 ADJECTIVES = {
-    "big": ("큰", "person animal food item fixed", "크 크다 컸 클"),
-    "small": ("작은", "person animal food item fixed", "작 작다 작았 작을"),
+    "big": ("큰", "animal food item fixed", "크 크다 컸 클"),
+    "small": ("작은", "animal food item fixed", "작 작다 작았 작을"),
     "good": ("좋은", "person animal food drink text media item fixed", "좋 좋다 좋았 좋을"),
     "happy": ("행복한", "person animal", "행복하 행복하다 행복했 행복할"),
     "sad": ("슬픈", "person animal media text", "슬프 슬프다 슬펐 슬플"),
