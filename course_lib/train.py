@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import json
 import os
+import random
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,8 +39,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from course_lib import data
 from course_lib.data import PAD_ID
+from course_lib.grammar import GrammarTask, corpus_bleu
 from course_lib.scaling import lr_factor, shard, train_step
-from course_lib.seq2seq import exact_match
+from course_lib.seq2seq import greedy_decode
 from course_lib.training import count_tokens, to_device
 from course_lib.transformer import Transformer
 
@@ -48,9 +50,10 @@ SIZES = {
     "tiny": dict(d_model=64, num_heads=4, num_layers=2, d_ff=256),
     "base": dict(d_model=512, num_heads=8, num_layers=6, d_ff=2048),
 }
-TASKS: dict[str, Callable[[int, int], data.Task]] = {
+TASKS: dict[str, Callable[[int, int], data.Task | GrammarTask]] = {
     "en-ko": lambda n, seed: data.translation_task(n, seed),
     "dates": lambda n, seed: data.dates_task(n, seed),
+    "en-ko-large": lambda n, seed: GrammarTask(seed),  # n fresh sentences every epoch
 }
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -60,7 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m course_lib.train", description=__doc__.split("\n")[0]
     )
     p.add_argument("--task", choices=sorted(TASKS), default="en-ko")
-    p.add_argument("--examples", type=int, default=4_000, help="sentences the task draws")
+    p.add_argument("--examples", type=int, default=4_000,
+                   help="sentences the task draws (en-ko-large: new ones each epoch)")  # fmt: skip
     p.add_argument("--size", choices=sorted(SIZES), default="tiny")
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:1")
     p.add_argument("--precision", choices=["fp32", "tf32", "bf16", "fp16"], default="fp32")
@@ -69,6 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="math: scaled_dot_product_attention without fused kernels")  # fmt: skip
     p.add_argument("--fused-adamw", action="store_true", help="AdamW's fused kernel")
     p.add_argument("--batch-size", type=int, default=64, help="sentences per micro-batch")
+    p.add_argument("--batch-tokens", type=int, default=0,
+                   help="instead: sentences of similar length, up to this many padded tokens "
+                   "(source + target) per micro-batch")  # fmt: skip
     p.add_argument("--accumulate", type=int, default=1, help="micro-batches per optimizer step")
     p.add_argument("--steps", type=int, default=200, help="optimizer steps in all")
     p.add_argument("--stop-at", type=int, help="stop (checkpointed) after this step; --resume")
@@ -91,9 +98,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def epoch_batches(examples, batch_size: int, seed: int, epoch: int) -> list[data.Batch]:
-    """The same padded batches on every rank, in an order fixed by the seed and the epoch."""
-    return list(data.make_batches(examples, batch_size, shuffle=True, seed=seed * 100_003 + epoch))
+def epoch_batches(
+    examples, batch_size: int, seed: int, epoch: int, batch_tokens: int = 0
+) -> list[data.Batch]:
+    """The same padded batches on every rank, in an order fixed by the seed and the epoch.
+
+    With ``batch_tokens``, a batch holds sentences of similar length (sorted by length, ties
+    broken at random), as many as fit ``batch_tokens`` padded source + target positions:
+    short sentences make large batches, and little of any batch is padding.
+    """
+    if not batch_tokens:
+        return list(
+            data.make_batches(examples, batch_size, shuffle=True, seed=seed * 100_003 + epoch)
+        )
+    rng = random.Random(seed * 100_003 + epoch)
+    keys = [(len(src) + len(tgt), rng.random()) for src, tgt in examples]
+    order = sorted(range(len(examples)), key=keys.__getitem__)
+    groups, group, longest = [], [], (0, 0)
+    for i in order:
+        src, tgt = examples[i]
+        widest = (max(longest[0], len(src)), max(longest[1], len(tgt)))
+        if group and (len(group) + 1) * sum(widest) > batch_tokens:
+            groups.append(group)
+            group, widest = [], (len(src), len(tgt))
+        group.append(examples[i])
+        longest = widest
+    return [data.collate(g) for g in [*groups, group]]
 
 
 def loss_fn(model: nn.Module, batch: data.Batch, label_smoothing: float) -> torch.Tensor:
@@ -169,22 +199,41 @@ def attention_kernels(args) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def validate(model: nn.Module, examples, max_len: int) -> float:
-    """Greedy-decoding exact match, in eval mode; the model is left in training mode."""
+def validate(model: nn.Module, examples, max_len: int, decode_text) -> dict[str, float]:
+    """Greedy decoding of ``examples`` in eval mode: the share decoded exactly right, and
+    corpus BLEU (0–100) of the decoded texts; the model is left in training mode."""
     model.eval()
+    device = next(model.parameters()).device
+    hypotheses, references = [], []
     with torch.no_grad():
-        right = exact_match(model, examples, max_len)
+        for batch in data.make_batches(examples, 200):
+            batch = batch.to(device)
+            tokens, _ = greedy_decode(model, batch.src, batch.src_lens, max_len)  # (B, T)
+            hypotheses += [decode_text(row) for row in tokens]
+            references += [decode_text(row) for row in batch.tgt]  # BOS, PAD dropped
     model.train()
-    return right.float().mean().item()
+    right = sum(h == r for h, r in zip(hypotheses, references, strict=True))
+    return {"exact_match": right / len(references), "bleu": corpus_bleu(hypotheses, references)}
 
 
-def save(path: Path, model, optimizer, scaler, step: int, args) -> None:
-    """Write the checkpoint atomically: a crash mid-write never leaves a half-written file."""
+def training_data(task, args) -> tuple[Callable[[int], list], list]:
+    """(the training examples of an epoch, the first 200 validation examples) of ``task``: a
+    fixed split of chapter 3's tasks, or fresh sentences every epoch from the large grammar."""
+    if isinstance(task, GrammarTask):
+        return (lambda epoch: task.train_examples(epoch, args.examples)), task.valid_examples(200)
+    train_set = task.encode("train")
+    return (lambda epoch: train_set), task.encode("valid")[:200]
+
+
+def save(path: Path, model, optimizer, scaler, step: int, position, args) -> None:
+    """Write the checkpoint atomically: a crash mid-write never leaves a half-written file.
+    ``position`` is (epoch, steps taken in it): where ``--resume`` continues."""
     state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict(),
         "step": step,
+        "position": list(position),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
     }
     torch.save(state, path.with_suffix(".tmp"))
@@ -196,17 +245,17 @@ def main(argv: list[str] | None = None) -> None:
     rank, world, device = setup(args)
     args.out.mkdir(parents=True, exist_ok=True)
     task = TASKS[args.task](args.examples, args.seed)
-    train_set, valid_set = task.encode("train"), task.encode("valid")[:200]
+    examples_of, valid_set = training_data(task, args)
     max_len = max(len(t) for _, t in valid_set) + 2
 
     model, optimizer, scaler = build(args, task, device)
-    step, checkpoint = 0, args.out / "checkpoint.pt"
+    step, (epoch, done), checkpoint = 0, (0, 0), args.out / "checkpoint.pt"
     if args.resume and checkpoint.exists():
         saved = torch.load(checkpoint, map_location=device, weights_only=False)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scaler.load_state_dict(saved["scaler"])
-        step = saved["step"]
+        step, (epoch, done) = saved["step"], saved["position"]
     comm = {"calls": 0}
     trained = model
     if world > 1:
@@ -220,9 +269,6 @@ def main(argv: list[str] | None = None) -> None:
     def loss_of(model, batch):
         return loss_fn(model, batch, args.label_smoothing)
 
-    per_epoch = -(-len(train_set) // args.batch_size) // world // args.accumulate
-    if per_epoch == 0:
-        raise SystemExit("fewer batches than ranks × --accumulate: lower --batch-size")
     main_rank = rank == 0
     log = open(args.out / "metrics.jsonl", "a" if args.resume else "w") if main_rank else None
     bar = None
@@ -233,10 +279,13 @@ def main(argv: list[str] | None = None) -> None:
     tokens, seconds = 0, 0.0
     stop = min(args.steps, args.stop_at or args.steps)
     while step < stop:
-        epoch, offset = divmod(step, per_epoch)
-        batches = epoch_batches(train_set, args.batch_size, args.seed, epoch)
+        batches = epoch_batches(examples_of(epoch), args.batch_size, args.seed, epoch,
+                                args.batch_tokens)  # fmt: skip
         mine = [batches[i] for i in shard(len(batches), rank, world, epoch, args.seed)]
-        for k in range(offset, per_epoch):
+        per_epoch = len(mine) // args.accumulate  # the same on every rank
+        if per_epoch == 0:
+            raise SystemExit("fewer batches than ranks × --accumulate: use smaller batches")
+        for k in range(done, per_epoch):
             micro = mine[k * args.accumulate : (k + 1) * args.accumulate]
             group = [to_device(b, device) for b in micro]
             for g in optimizer.param_groups:
@@ -267,14 +316,16 @@ def main(argv: list[str] | None = None) -> None:
                 if device.type == "cuda":
                     record["peak_memory_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
                 if evaluate:
-                    record["exact_match"] = validate(model, valid_set, max_len)
+                    record.update(validate(model, valid_set, max_len, task.decode_target))
                 log.write(json.dumps(record) + "\n")
                 log.flush()
                 tokens, seconds = 0, 0.0
+            position = (epoch, k + 1) if k + 1 < per_epoch else (epoch + 1, 0)
             if main_rank and (evaluate or step == stop):
-                save(checkpoint, model, optimizer, scaler, step, args)
+                save(checkpoint, model, optimizer, scaler, step, position, args)
             if step >= stop:
                 break
+        epoch, done = position
     if bar is not None:
         bar.close()
     if log is not None:

@@ -33,6 +33,7 @@ def test_it_trains_and_writes_metrics_and_a_loadable_checkpoint(tmp_path):
     assert [r["step"] for r in log] == list(range(1, 9))
     assert log[-1]["loss"] < log[0]["loss"]
     assert "exact_match" in log[3] and 0 <= log[7]["exact_match"] <= 1
+    assert 0 <= log[7]["bleu"] <= 100
     assert all(r["tokens_per_second"] > 0 for r in log)
     saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     assert saved["step"] == 8 and saved["args"]["size"] == "tiny"
@@ -41,8 +42,14 @@ def test_it_trains_and_writes_metrics_and_a_loadable_checkpoint(tmp_path):
     model.load_state_dict(saved["model"])  # strict: the model entry is the state_dict
 
 
-def test_resume_gives_the_parameters_of_an_uninterrupted_run(tmp_path):
-    args = [*SMALL, "--steps", "6", "--warmup", "2"]  # dropout on: its masks must resume too
+@pytest.mark.parametrize(
+    "data",
+    [[], ["--task", "en-ko-large", "--batch-tokens", "400", "--examples", "120"]],
+    ids=["fixed-split", "fresh-sentences-token-batches"],
+)
+def test_resume_gives_the_parameters_of_an_uninterrupted_run(tmp_path, data):
+    # dropout on: its masks must resume too; 6 steps cross an epoch boundary in both cases
+    args = [*SMALL, *data, "--steps", "6", "--warmup", "2"]
     train.main([*args, "--out", str(tmp_path / "straight")])
     train.main([*args, "--stop-at", "3", "--out", str(tmp_path / "resumed")])
     assert torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)["step"] == 3
@@ -61,6 +68,25 @@ def test_epochs_reshuffle_the_batches():
     second = train.epoch_batches(examples, 16, seed=0, epoch=1)
     assert all(torch.equal(a.src, b.src) for a, b in zip(first, again, strict=True))
     assert not torch.equal(first[0].src, second[0].src)  # a new order each epoch
+
+
+def test_token_batches_fit_the_budget_and_waste_less_padding():
+    task = train.TASKS["en-ko-large"](0, 0)
+    examples = task.train_examples(0, 600)
+
+    def padding(batches):
+        real = sum(int(b.src_lens.sum() + b.tgt_lens.sum()) for b in batches)
+        return 1 - real / sum(b.src.numel() + b.tgt.numel() for b in batches)
+
+    by_tokens = train.epoch_batches(examples, 0, seed=0, epoch=0, batch_tokens=500)
+    assert sum(len(b) for b in by_tokens) == len(examples)
+    assert all(b.src.numel() + b.tgt.numel() <= 500 for b in by_tokens)
+    by_count = train.epoch_batches(examples, 16, seed=0, epoch=0)
+    assert padding(by_tokens) < padding(by_count) / 2
+    again = train.epoch_batches(examples, 0, seed=0, epoch=1, batch_tokens=500)
+    assert [len(b) for b in again] != [len(b) for b in by_tokens] or not all(
+        torch.equal(a.src, b.src) for a, b in zip(again, by_tokens, strict=True)
+    )  # another epoch, other neighbours of equal length
 
 
 def torchrun(tmp_path, name, *args):
