@@ -688,6 +688,15 @@ def test_faithful_to_plain_nbgrader(tmp_path, bwrap_works):
     assert [r["score"] for r in export(ours)] == [r["score"] for r in export(plain)]
 
 
+def exercises_only(nb: dict) -> dict:
+    """``nb`` without its demonstrations (code cells nbgrader does not track): the points
+    come from the exercise, given and test cells alone (test cells import their own checks),
+    and the demonstrations (chapter 7 trains models, runs torchrun and a benchmark) would
+    take most of the time. Chapter 1's batch test grades whole notebooks."""
+    keep = [c for c in nb["cells"] if c["cell_type"] != "code" or "nbgrader" in c["metadata"]]
+    return {**nb, "cells": keep}
+
+
 def direct_scores(name: str) -> dict[str, dict[str, float]]:
     """What the chapter's test cells give the honest submissions' code when run directly
     (tests/exercises.py: nbgrader minus the kernel)."""
@@ -722,7 +731,7 @@ def test_every_chapter_grades_like_its_test_cells(tmp_path, bwrap_works, name):
     from tools.chapters import SOURCES, load
 
     chapter = load(SOURCES / f"{name}.md")
-    subs = honest(name)
+    subs = {student: exercises_only(nb) for student, nb in honest(name).items()}
     course = make_course(tmp_path, [name])
     for student, nb in subs.items():
         synthetic.submit(nb, course, student, name, name)
@@ -786,3 +795,29 @@ def test_resumes_after_kill_and_is_idempotent(tmp_path, bwrap_works):
     assert again.stdout.count("already graded (unchanged); skipped") == len(students)
     assert export(course) == rows, (rows, again.stdout)
     assert results(course, CH1) == second
+
+
+@pytest.mark.slow
+def test_chapter_7_step_bugs_lose_points_under_this_grader(tmp_path, bwrap_works):
+    """train_step runs in the sandbox on the check's model, optimizer and scaler, sent there
+    by value: the bugs the check sees through state that must travel with them (gradients
+    left from before, the passes recorded in the model's buffers) are caught here too."""
+    from tests.test_grading_ch07 import MUTANTS
+
+    name = "07-training-on-a-gpu"
+    source, release = notebooks_of(name)
+    reference = exercises_only(synthetic.reference(source, release))
+    bugs = ["step: no zero-grad", "step: autocast around the backward pass", "step: no no_sync"]
+    course = make_course(tmp_path, [name])
+    synthetic.submit(reference, course, "reference", name, name)
+    prelude = "import contextlib\n\nimport torch\nfrom torch import nn\n"
+    for i, bug in enumerate(bugs):
+        code = prelude + MUTANTS[bug][1]
+        synthetic.submit(synthetic.with_code(reference, {"train_step": code}), course,
+                         f"bug-{i}", name, name)  # fmt: skip
+    done = grade(course, name, "--workers", "2")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    got = {s: scores(r, name) for s, r in results(course, name).items()}
+    assert got["reference"] == {"lr_factor_tests": 2.0, "train_step_tests": 4.0, "shard_tests": 3.0}
+    for i, bug in enumerate(bugs):
+        assert got[f"bug-{i}"] == {**got["reference"], "train_step_tests": 0.0}, bug

@@ -123,20 +123,95 @@ def check_lr_factor(fn, warmup: int = 4, total: int = 20) -> None:
 # --------------------------------------------------------------------------- the step
 
 
+# The probes of train_step are written so that they work where the student's code runs in
+# another process (the trusted grader sends the model, optimizer and scaler there by value and
+# copies changed tensors back): the loss function and the autocast stand-in are module-level
+# functions, which run beside the student's code; what they see is written into the model's
+# buffers, which come back; the gradients left "from before" are restored on unpickling.
+_AUTOCAST = [False]  # whether the recording autocast is entered, in this process
+LOG = 16  # micro-batches a model's log has room for
+
+
+@contextlib.contextmanager
+def _autocast_context():
+    _AUTOCAST[0] = True
+    try:
+        yield
+    finally:
+        _AUTOCAST[0] = False
+
+
+def recording_autocast():
+    """An ``autocast`` for the checks: changes no dtype, lets the model record when it is on."""
+    return _autocast_context()
+
+
+def mse_of(model, batch):
+    """The loss function handed to ``train_step``: mean squared error on ``(x, y)``."""
+    x, y = batch
+    return F.mse_loss(model(x), y)
+
+
+def exploding_mse_of(model, batch):
+    """A loss whose gradients are all inf or NaN (as when a scaled float16 loss overflows)."""
+    return mse_of(model, batch) * float("inf")
+
+
+class _Probe(torch.autograd.Function):
+    """The identity, recording in the model's ``log``: for each forward pass whether the
+    recording autocast was on; for each backward pass whether it was on, and whether the
+    pass ran inside ``no_sync``."""
+
+    @staticmethod
+    def forward(ctx, x, model):
+        ctx.model = model
+        i = int(model.passes[0])
+        model.log[0, min(i, LOG - 1)] = float(_AUTOCAST[0])
+        model.passes[0] += 1
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        model = ctx.model
+        i = int(model.passes[1])
+        model.log[1, min(i, LOG - 1)] = float(_AUTOCAST[0])
+        model.log[2, min(i, LOG - 1)] = float(getattr(model, "unsynced", False))
+        model.passes[1] += 1
+        return grad, None
+
+
 class _Net(nn.Module):
-    """The check's model: two linear layers around a tanh, (B, d_in) -> (B, d_out)."""
+    """The check's model: two linear layers around a tanh, (B, d_in) -> (B, d_out), which
+    records its passes (:class:`_Probe`) and carries gradients left from before the step."""
 
     def __init__(self, d_in: int, d_hidden: int, d_out: int):
         super().__init__()
         self.first, self.second = nn.Linear(d_in, d_hidden), nn.Linear(d_hidden, d_out)
+        self.register_buffer("log", torch.zeros(3, LOG), persistent=False)
+        self.register_buffer("passes", torch.zeros(2), persistent=False)  # forward, backward
 
     def forward(self, x):
-        return self.second(torch.tanh(self.first(x)))
+        return self.second(torch.tanh(_Probe.apply(self.first(x), self)))
+
+    def leave_gradients(self, stale: dict) -> None:
+        """Gradients of an earlier step, which ``train_step`` must clear before its own."""
+        for name in dict(self.named_parameters()):
+            self.register_buffer("stale_" + name.replace(".", "_"), stale[name].clone(),
+                                 persistent=False)  # fmt: skip
+        self._restore_gradients()
+
+    def _restore_gradients(self) -> None:
+        for name, p in self.named_parameters():
+            p.grad = getattr(self, "stale_" + name.replace(".", "_")).clone()
+
+    def __setstate__(self, state):  # a copy in another process gets the old gradients too
+        super().__setstate__(state)
+        self._restore_gradients()
 
 
 class _Replica(_Net):
     """The check's model with DistributedDataParallel's ``no_sync`` context: backward passes
-    inside it would skip the gradient all-reduce. The check records which ones did."""
+    inside it would skip the gradient all-reduce. The model records which ones did."""
 
     def __init__(self, *sizes):
         super().__init__(*sizes)
@@ -151,37 +226,25 @@ class _Replica(_Net):
             self.unsynced = False
 
 
-class _Recorder:
-    """An ``autocast`` stand-in: a context whose state the check reads during the passes."""
-
-    def __init__(self):
-        self.active = False
-
-    @contextlib.contextmanager
-    def __call__(self):
-        self.active = True
-        try:
-            yield
-        finally:
-            self.active = False
-
-
 def check_train_step(
     fn, k: int = 3, sizes=(2, 4, 3), d_in: int = 5, d_hidden: int = 6, d_out: int = 3,
     clip: float = 0.05, lr: float = 0.1, dtype=torch.float32, seed: int = 0,
 ) -> None:  # fmt: skip
     """``fn(model, optimizer, scaler, micro_batches, loss_fn, autocast=..., clip=...)``: one
-    optimizer step on the mean of the micro-batches' losses."""
+    optimizer step on the mean of the micro-batches' losses.
+
+    Where the scaler went to another process (the trusted grader), its scale after the call
+    cannot be read back, and the check that ``scaler.update()`` lowered it is skipped; that
+    the overflowing step itself was skipped is checked everywhere.
+    """
+    if k > LOG:
+        raise ValueError(f"k must be at most {LOG}, got {k}")
     gen = generator(seed)
     rows = [sizes[i % len(sizes)] for i in range(k)]  # micro-batches of unequal sizes
     batches = [(randn(gen, b, d_in, dtype=dtype), randn(gen, b, d_out, dtype=dtype)) for b in rows]
     shapes = {n: tuple(p.shape) for n, p in _Net(d_in, d_hidden, d_out).named_parameters()}
     state = parameter_values(gen, shapes, dtype)
     stale = {name: randn(gen, *shape, dtype=dtype) for name, shape in shapes.items()}
-
-    def loss_of(model, batch):
-        x, y = batch
-        return F.mse_loss(model(x), y)
 
     # The step the check expects, on its own float64 copy: gradient of Σ loss_i / k,
     # clipped to norm ``limit``; SGD moves by −lr × that.
@@ -212,15 +275,12 @@ def check_train_step(
     def setup(cls=_Net, scale=None):
         model = cls(d_in, d_hidden, d_out).to(dtype)
         load_parameters(model, state, "the check's model")
-        for name, p in model.named_parameters():
-            p.grad = stale[name].clone()  # left from before: the step must not use it
+        model.leave_gradients(stale)
         optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-        calls = {"step": 0}
-        optimizer.register_step_post_hook(lambda *_: calls.__setitem__("step", calls["step"] + 1))
         scaler = torch.amp.GradScaler("cpu", init_scale=scale or 1.0, enabled=scale is not None)
-        return model, optimizer, scaler, calls
+        return model, optimizer, scaler
 
-    def call(model, optimizer, scaler, loss_fn=loss_of, **kwargs):
+    def call(model, optimizer, scaler, loss_fn=mse_of, **kwargs):
         copies = [(x.clone(), y.clone()) for x, y in batches]
         result = fn(model, optimizer, scaler, copies, loss_fn, **kwargs)
         for i, ((x, y), (cx, cy)) in enumerate(zip(batches, copies, strict=True)):
@@ -241,17 +301,18 @@ def check_train_step(
         after = expected(**kwargs)[0]
         return lambda name: after[name]
 
-    def expect_one_step(calls):
+    def expect_passes(model):
+        forward, backward = (int(n) for n in model.passes)
         expect(
-            calls["step"] == 1,
-            f"the optimizer stepped {calls['step']} times in one call: step once, after the "
-            "last micro-batch (the gradients of all of them add up first)",
+            forward == k and backward == k,
+            f"{forward} forward and {backward} backward passes for {k} micro-batches: one of "
+            "each per micro-batch (call loss_fn once per micro-batch, backward once per loss)",
         )
 
     def accumulated():
-        model, optimizer, scaler, calls = setup()
+        model, optimizer, scaler = setup()
         loss = call(model, optimizer, scaler)
-        expect_one_step(calls)
+        expect_passes(model)
         parameters_after(
             model,
             f"the parameters after one step over {k} micro-batches",
@@ -278,9 +339,8 @@ def check_train_step(
         )
 
     def clipped():
-        model, optimizer, scaler, calls = setup()
+        model, optimizer, scaler = setup()
         call(model, optimizer, scaler, clip=clip)
-        expect_one_step(calls)
         parameters_after(
             model,
             f"the parameters after a step with clip = {clip}",
@@ -293,9 +353,8 @@ def check_train_step(
 
     def scaled():
         scale = 2.0**12
-        model, optimizer, scaler, calls = setup(scale=scale)
+        model, optimizer, scaler = setup(scale=scale)
         call(model, optimizer, scaler, clip=clip)
-        expect_one_step(calls)
         parameters_after(
             model,
             f"the parameters after a step with gradient scaling (scale {scale:g}) and "
@@ -312,18 +371,16 @@ def check_train_step(
 
     def overflow():
         scale = 2.0**12
-        model, optimizer, scaler, _ = setup(scale=scale)
-
-        def exploding(model, batch):
-            return loss_of(model, batch) * float("inf")  # every gradient inf or nan
-
-        call(model, optimizer, scaler, loss_fn=exploding, clip=clip)
+        model, optimizer, scaler = setup(scale=scale)
+        call(model, optimizer, scaler, loss_fn=exploding_mse_of, clip=clip)
         for name, value in state.items():
             expect(
                 torch.equal(dict(model.named_parameters())[name].detach(), value),
                 f"{name} changed although the gradients were inf: step with "
                 "scaler.step(optimizer), which skips such a step, not optimizer.step()",
             )
+        if scaler._scale is None:  # the scaler was used in another process: not observable
+            return
         expect(
             scaler.get_scale() == scale / 2,
             f"the scale is {scaler.get_scale():g} after an overflow, expected {scale / 2:g}: "
@@ -331,32 +388,26 @@ def check_train_step(
         )
 
     def autocast_forward_only():
-        model, optimizer, scaler, _ = setup()
-        autocast = _Recorder()
-        forward, backward = [], []
-
-        def loss_fn(model, batch):
-            forward.append(autocast.active)
-            return loss_of(model, batch)
-
-        model.first.weight.register_hook(lambda g: backward.append(autocast.active))
-        call(model, optimizer, scaler, loss_fn=loss_fn, autocast=autocast)
+        model, optimizer, scaler = setup()
+        call(model, optimizer, scaler, autocast=recording_autocast)
+        expect_passes(model)
+        forward, backward = model.log[0, :k].tolist(), model.log[1, :k].tolist()
         expect(
-            len(forward) == k and all(forward),
+            all(forward),
             "the forward pass (loss_fn) must run inside `with autocast():` — it ran outside "
-            f"for {forward.count(False)} of {len(forward)} micro-batches",
+            f"for {forward.count(0.0)} of {k} micro-batches",
         )
         expect(
-            len(backward) == k and not any(backward),
+            not any(backward),
             "the backward pass ran inside autocast: leave the `with autocast():` block before "
             "calling backward() (the backward pass runs in the forward's dtypes anyway)",
         )
 
     def no_sync():
-        model, optimizer, scaler, _ = setup(_Replica)
-        unsynced = []
-        model.first.weight.register_hook(lambda g: unsynced.append(model.unsynced))
+        model, optimizer, scaler = setup(_Replica)
         call(model, optimizer, scaler)
+        expect_passes(model)
+        unsynced = [bool(v) for v in model.log[2, :k].tolist()]
         want = [True] * (k - 1) + [False]
         expect(
             unsynced == want,
