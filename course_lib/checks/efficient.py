@@ -5,8 +5,9 @@ private copies and verifies they come back unchanged; no function here computes 
 answer for arguments of one's choosing. Each probe's expected state or output is computed
 inline, in float64, over the whole key axis at once (softmax over the keys so far, fully
 masked rows 0), for the probe's own tensors; gradients come from autograd through that full
-computation. While ``chunked_attention`` is graded, a stand-in (local to the check) replaces
-the student's ``online_softmax_update``.
+computation. While ``chunked_attention`` is graded, :func:`offset_update` replaces the
+student's ``online_softmax_update`` (the same attention output, but a normaliser and a sum e
+times the exercise's, so it is no answer to that exercise).
 """
 
 from __future__ import annotations
@@ -140,6 +141,25 @@ def check_online_softmax_update(
 # ---------------------------------------------------------------------- chunked attention
 
 
+def offset_update(state, scores, values):
+    """Stands in for ``online_softmax_update`` while ``chunked_attention`` is graded.
+
+    It keeps the running maximum m as the exercise does, but takes its exponentials relative
+    to m − 1 instead of m, so its normaliser and its output sum are e times the exercise's:
+    their ratio, the attention output, is the same, and a row with no allowed key keeps
+    (−inf, 0, 0). (So it is not an answer to that exercise, whose check compares l and acc.)
+    It lives here rather than in the check so that the grading sandbox can import it and
+    gradients flow through it there.
+    """
+    m, ell, acc = state
+    m_new = torch.maximum(m, scores.amax(-1, keepdim=True))
+    ref = torch.where(torch.isneginf(m_new), torch.zeros_like(m_new), m_new) - 1.0
+    old_ref = torch.where(torch.isneginf(m), torch.zeros_like(m), m) - 1.0
+    rescale = torch.where(torch.isneginf(m), torch.zeros_like(m), torch.exp(old_ref - ref))
+    p = torch.exp(scores - ref)
+    return m_new, rescale * ell + p.sum(-1, keepdim=True), rescale * acc + p @ values
+
+
 class _Sizes(TorchFunctionMode):
     """Records the shapes of floating-point results of torch functions called inside."""
 
@@ -184,16 +204,9 @@ def check_chunked_attention(
         w = torch.softmax(s.masked_fill(~any_key, 0.0), -1).masked_fill(~any_key, 0.0)
         return w @ v[..., :keys, :]
 
-    def stand_in(state, scores, values):  # online_softmax_update, while this one is graded
-        m, ell, acc = state
-        m_new = torch.maximum(m, scores.amax(-1, keepdim=True))
-        ref = torch.where(torch.isneginf(m_new), torch.zeros_like(m_new), m_new)
-        p, rescale = torch.exp(scores - ref), torch.exp(m - ref)
-        return m_new, rescale * ell + p.sum(-1, keepdim=True), rescale * acc + p @ values
-
     def call(mask, chunk, q=query, k=key, v=value):
         inputs = {"query": q, "key": k, "value": v, "attn_mask": mask}
-        with graded_alone(fn, online_softmax_update=stand_in):
+        with graded_alone(fn, online_softmax_update=offset_update):
             return call_on_copies(fn, inputs, chunk_size=chunk)
 
     qd, kd, vd = query.double(), key.double(), value.double()
@@ -229,7 +242,7 @@ def check_chunked_attention(
         mask = random_mask & causal
         for chunk in (chunk_sizes[0], S):
             leaves = [t.detach().clone().requires_grad_() for t in (query, key, value)]
-            with graded_alone(fn, online_softmax_update=stand_in):
+            with graded_alone(fn, online_softmax_update=offset_update):
                 out = fn(*leaves, mask.clone(), chunk_size=chunk)
             originals = {"query": query, "key": key, "value": value}
             expect_copies_unchanged(
