@@ -50,6 +50,11 @@ MODULE_DOCS = {
     "scaling": "Scaling training up: the warm-up learning-rate schedules, one optimizer step with\n"
     "mixed precision, gradient scaling and accumulation over micro-batches, and each\n"
     "data-parallel rank's shard of an epoch.",
+    "decoding": "Fast decoding: the key-value cache, self-attention for one new position against\n"
+    "it, and chapter 6's Transformer behind the encode/step interface decoding one position per\n"
+    "step, with the same tokens as full decoding.",
+    "efficient": "Memory-efficient attention: the online softmax over chunks of keys and\n"
+    "attention computed chunk by chunk without forming the L x S score matrix.",
 }
 
 
